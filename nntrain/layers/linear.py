@@ -1,0 +1,53 @@
+"""Fully connected layer: y = x W + b, with the report's per-layer L2 weight decay (dW += λW)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nntrain.init import INITS, initialize
+from nntrain.layers.base import Layer, Option, Shape, register, require_shape
+
+
+@register("linear")
+class Linear(Layer):
+    """x: (N, in_features) -> y: (N, out_features). W is stored (in, out) so forward is one GEMM x @ W.
+
+    Backward: dW = xᵀ·g + λW, db = Σ_n g, dx = g·Wᵀ.
+    """
+
+    options = {
+        "out_features": Option("int", minimum=1, doc="number of output units"),
+        "bias": Option("bool", True, doc="add a learned bias"),
+        "weight_decay": Option("float", 0.0, minimum=0.0, doc="L2 coefficient λ: dW += λW"),
+        "init": Option("str", "he_normal", choices=INITS, doc="weight initialiser"),
+        "init_std": Option("float", 0.01, minimum=0.0, doc="std for init: normal"),
+    }
+    decayed = ("W",)
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        require_shape(self, input_shape, 1, "add {type: flatten} before it")
+        return (self.out_features,)
+
+    def _create(self, input_shape: Shape, init_rng: np.random.Generator) -> None:
+        fan_in = input_shape[0]
+        self.add_param("W", initialize(self.init, (fan_in, self.out_features), fan_in, self.out_features,
+                                       init_rng, self.dtype, self.init_std))
+        if self.bias:
+            self.add_param("b", np.zeros(self.out_features))
+
+    def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+        self.x = x
+        y = x @ self.params["W"]
+        if self.bias:
+            y += self.params["b"]
+        return y
+
+    def backward(self, grad: np.ndarray) -> np.ndarray:
+        np.matmul(self.x.T, grad, out=self.grads["W"])
+        if self.bias:
+            np.sum(grad, axis=0, out=self.grads["b"])
+        self.apply_weight_decay()
+        return grad @ self.params["W"].T
+
+    def flops(self, input_shape: Shape) -> int:
+        return 2 * input_shape[0] * self.out_features

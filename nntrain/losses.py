@@ -1,0 +1,83 @@
+r"""Losses. A loss returns its value from `forward` and dL/d(logits) from `backward`; the caller passes
+that gradient to `model.backward` (the loss never drives the model)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from nntrain.errors import ConfigError
+
+_TINY = 1e-12  # probabilities are clipped here in softmax: false mode so log and 1/p stay finite
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax via log-sum-exp: z - max - log Σ exp(z - max). Stable for |z| ~ 1e4."""
+    shifted = z - z.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+class SoftmaxCrossEntropy:
+    r"""Mean cross-entropy over the batch.
+
+    softmax=True (default): input z are logits (N, K); L = -1/N Σ_n Σ_k t_nk log softmax(z_n)_k,
+    with targets t = (1-ε)·onehot + ε/K (label smoothing ε); dL/dz = (softmax(z) - t) / N.
+    softmax=False: input p are probabilities (the report's cancel_softmax); L = -1/N Σ t log p and
+    dL/dp = -t / (N p), with p clipped at 1e-12 so both stay finite at p = 0.
+    """
+
+    def __init__(self, softmax: bool = True, label_smoothing: float = 0.0):
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ConfigError(f"got {label_smoothing!r}, expected a number in [0, 1)", "loss.label_smoothing")
+        self.softmax = softmax
+        self.label_smoothing = float(label_smoothing)
+
+    def _targets(self, labels: np.ndarray, n: int, k: int, dtype: np.dtype) -> np.ndarray:
+        labels = np.asarray(labels)
+        if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"labels must be {n} class indices, got array of shape {labels.shape}, dtype {labels.dtype}")
+        if n and (labels.min() < 0 or labels.max() >= k):
+            bad = labels[(labels < 0) | (labels >= k)][0]
+            raise ValueError(f"label {bad} is out of range for {k} classes (valid: 0..{k - 1})")
+        t = np.full((n, k), self.label_smoothing / k, dtype=dtype)
+        t[np.arange(n), labels] += 1.0 - self.label_smoothing
+        return t
+
+    def forward(self, z: np.ndarray, labels: np.ndarray) -> float:
+        """z: (N, K) logits (or probabilities); labels: (N,) ints in [0, K). Returns the mean loss."""
+        n, k = z.shape
+        self.t = self._targets(labels, n, k, z.dtype)
+        self.n = max(n, 1)
+        if self.softmax:
+            logp = log_softmax(z)
+            self.p = np.exp(logp)
+        else:
+            self.p = np.maximum(z, _TINY)
+            logp = np.log(self.p)
+        return float(-(self.t * logp).sum(dtype=np.float64) / self.n)
+
+    def backward(self) -> np.ndarray:
+        """dL/dz, same dtype and shape as the z given to forward."""
+        if self.softmax:
+            return (self.p - self.t) / self.n
+        return -self.t / (self.p * self.n)
+
+    def probabilities(self) -> np.ndarray:
+        """Class probabilities of the last forward (softmax of the logits, or the given p)."""
+        return self.p
+
+
+LOSSES = {"softmax_cross_entropy": SoftmaxCrossEntropy}
+
+
+def build_loss(spec: dict[str, Any] | None) -> SoftmaxCrossEntropy:
+    """`{type: softmax_cross_entropy, softmax: true, label_smoothing: 0.0}` -> loss object."""
+    spec = dict(spec or {"type": "softmax_cross_entropy"})
+    kind = spec.pop("type", "softmax_cross_entropy")
+    if kind not in LOSSES:
+        raise ConfigError(f"unknown loss {kind!r}; valid: {', '.join(LOSSES)}", "loss.type")
+    for key in spec:
+        if key not in ("softmax", "label_smoothing"):
+            raise ConfigError(f"unknown key '{key}' in loss; valid keys: label_smoothing, softmax, type", f"loss.{key}")
+    return LOSSES[kind](**spec)

@@ -1,0 +1,134 @@
+"""A model is a stack of layers: forward runs them in order, backward in reverse."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from nntrain.errors import CheckpointError, ConfigError
+from nntrain.layers import layer_from_spec
+from nntrain.layers.base import Layer, Shape
+
+
+def model_rngs(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """The two Generators a model draws from: weight init and run-time noise (dropout).
+
+    Separate streams derived from the one config seed, so adding dropout does not change the init.
+    """
+    return np.random.default_rng([seed, 0]), np.random.default_rng([seed, 1])
+
+
+class Model:
+    """Sequential stack of built layers.
+
+    `parameters()` yields (name, param, grad) with names "<index>.<param>" (e.g. "0.W"); the grad
+    arrays are the layers' persistent buffers, filled by `backward`.
+    """
+
+    def __init__(self, layers: Sequence[Layer], input_shape: Shape, dtype: np.dtype, rng: np.random.Generator):
+        self.layers = list(layers)
+        self.input_shape = tuple(input_shape)
+        self.dtype = np.dtype(dtype)
+        self.rng = rng
+        shape = self.input_shape
+        self.shapes: list[Shape] = []
+        for layer in self.layers:
+            shape = layer.output_shape(shape)
+            self.shapes.append(shape)
+        self.output_shape = shape
+
+    def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+        """x: (N, *input_shape) -> (N, *output_shape)."""
+        for layer in self.layers:
+            x = layer.forward(x, train)
+        return x
+
+    def backward(self, grad: np.ndarray) -> np.ndarray:
+        """grad: dL/d(output) -> dL/dx; fills every layer's grads (including weight decay)."""
+        for layer in reversed(self.layers):
+            grad = layer.backward(grad)
+        return grad
+
+    __call__ = forward
+
+    def parameters(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        for i, layer in enumerate(self.layers):
+            for key, p in layer.params.items():
+                yield f"{i}.{key}", p, layer.grads[key]
+
+    def buffers(self) -> Iterator[tuple[str, np.ndarray]]:
+        for i, layer in enumerate(self.layers):
+            for key, b in layer.buffers.items():
+                yield f"{i}.{key}", b
+
+    def num_params(self) -> int:
+        return sum(p.size for _, p, _ in self.parameters())
+
+    def regularization_loss(self) -> float:
+        """Σ over layers of λ/2·||W||²: the per-layer weight decay written as a loss term."""
+        return sum(layer.regularization_loss() for layer in self.layers)
+
+    # --- state ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of every parameter and buffer, keyed "<index>.<name>"."""
+        state = {n: p.copy() for n, p, _ in self.parameters()}
+        state.update({n: b.copy() for n, b in self.buffers()})
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Strict load into the existing arrays: every name must be present with the same shape."""
+        targets = {n: p for n, p, _ in self.parameters()}
+        targets.update(dict(self.buffers()))
+        missing = sorted(set(targets) - set(state))
+        extra = sorted(set(state) - set(targets))
+        if missing or extra:
+            raise CheckpointError(f"the weights do not match this model: missing {missing or 'none'}, "
+                                  f"unexpected {extra or 'none'}")
+        for name, target in targets.items():
+            value = np.asarray(state[name])
+            if value.shape != target.shape:
+                raise CheckpointError(f"weight '{name}' has shape {value.shape}, the model expects {target.shape}")
+            if not np.issubdtype(value.dtype, np.floating):
+                raise CheckpointError(f"weight '{name}' has dtype {value.dtype}, expected floating point")
+            target[...] = value
+
+    def summary(self) -> str:
+        """Keras-style table: layer, output shape, parameter count."""
+        rows = [("#", "layer", "output shape", "params"), ("", "input", str(self.input_shape), "")]
+        for i, (layer, shape) in enumerate(zip(self.layers, self.shapes)):
+            rows.append((str(i), layer.describe(), str(shape), f"{sum(p.size for p in layer.params.values()):,}"))
+        widths = [max(len(r[c]) for r in rows) for c in range(4)]
+        line = "-" * (sum(widths) + 6)
+        out = [line]
+        for k, r in enumerate(rows):
+            out.append("  ".join(c.ljust(w) if j < 3 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
+            if k == 0:
+                out.append(line)
+        out += [line, f"total parameters: {self.num_params():,}  ({self.dtype.name})"]
+        return "\n".join(out)
+
+
+def build_model(layers_spec: Sequence[Any], input_shape: Sequence[int], seed: int = 0,
+                dtype: Any = np.float32) -> Model:
+    """Build a model from YAML layer specs, inferring in_features / in_channels from `input_shape`.
+
+    layers_spec: list of `{type: ..., option: value}`; input_shape: per-sample, e.g. (1, 28, 28).
+    Raises ConfigError / ShapeError with the key path (`model[3].kernel_size`).
+    """
+    if isinstance(layers_spec, dict) and "layers" in layers_spec:  # accept a `model: {layers: [...]}` section
+        layers_spec = layers_spec["layers"]
+    if not isinstance(layers_spec, (list, tuple)) or not layers_spec:
+        raise ConfigError("the model must be a non-empty list of layers", "model")
+    init_rng, rng = model_rngs(seed)
+    shape = tuple(int(s) for s in input_shape)
+    layers = []
+    for i, spec in enumerate(layers_spec):
+        path = f"model[{i}]"
+        layer = layer_from_spec(spec, path)
+        try:
+            shape = layer.build(shape, np.dtype(dtype), init_rng, rng)
+        except ConfigError as e:
+            raise e.located(prefix=path) from None
+        layers.append(layer)
+    return Model(layers, input_shape, dtype, rng)
