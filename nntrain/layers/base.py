@@ -8,93 +8,14 @@ infers its output shape, creates its `params` (with matching `grads`) in `build`
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import numpy as np
 
 from nntrain.errors import ConfigError, ShapeError
+from nntrain.options import Option, unknown_key_message, validate_options  # noqa: F401  (re-exported)
 
 Shape = tuple[int, ...]
-_REQUIRED = object()
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-
-
-@dataclass(frozen=True)
-class Option:
-    """One declared layer option.
-
-    kind: "int", "float", "bool", "str" or "pair" (an int or a list of two ints, as kernel sizes).
-    minimum/maximum bound numbers (for "pair", each element); `exclusive_max` makes maximum open;
-    choices restrict strings; `default` omitted means required.
-    """
-
-    kind: str
-    default: Any = _REQUIRED
-    doc: str = ""
-    minimum: float | None = None
-    maximum: float | None = None
-    exclusive_max: bool = False
-    choices: tuple[str, ...] | None = None
-
-    @property
-    def required(self) -> bool:
-        return self.default is _REQUIRED
-
-    def describe(self) -> str:
-        """What a valid value looks like, for error messages."""
-        what = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-                "pair": "an integer or a list of two integers"}[self.kind]
-        if self.choices:
-            what = "one of " + ", ".join(self.choices)
-        if self.minimum is not None and self.maximum is not None:
-            what += f" in [{self.minimum}, {self.maximum}{')' if self.exclusive_max else ']'}"
-        elif self.minimum is not None:
-            what += f" >= {self.minimum}"
-        elif self.maximum is not None:
-            what += f" {'<' if self.exclusive_max else '<='} {self.maximum}"
-        return what
-
-    def _bounded(self, v: float) -> bool:
-        if self.minimum is not None and v < self.minimum:
-            return False
-        if self.maximum is not None and (v >= self.maximum if self.exclusive_max else v > self.maximum):
-            return False
-        return True
-
-    def validate(self, value: Any, path: str) -> Any:
-        """Return `value` normalised (pairs become tuples, ints become floats where floats are wanted)."""
-        bad = ConfigError(f"got {value!r}, expected {self.describe()}", path)
-        if self.kind == "bool":
-            if not isinstance(value, bool):
-                raise bad
-            return value
-        if self.kind == "int":
-            if not _is_int(value) or not self._bounded(value):
-                raise bad
-            return int(value)
-        if self.kind == "float":
-            if not _is_number(value) or not np.isfinite(value) or not self._bounded(value):
-                raise bad
-            return float(value)
-        if self.kind == "str":
-            if not isinstance(value, str) or (self.choices and value not in self.choices):
-                raise bad
-            return value
-        if self.kind == "pair":
-            pair = (value, value) if _is_int(value) else value
-            if (not isinstance(pair, (list, tuple)) or len(pair) != 2
-                    or not all(_is_int(p) and self._bounded(p) for p in pair)):
-                raise bad
-            return (int(pair[0]), int(pair[1]))
-        raise AssertionError(f"unknown option kind {self.kind}")
 
 
 class Layer:
@@ -112,18 +33,7 @@ class Layer:
     decayed: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **opts: Any):
-        unknown = set(opts) - set(self.options)
-        if unknown:
-            raise ConfigError(unknown_key_message(sorted(unknown)[0], self.options, f"layer '{self.type_name}'"),
-                              sorted(unknown)[0])
-        values = {}
-        for key, opt in self.options.items():
-            if key in opts:
-                values[key] = opt.validate(opts[key], key)
-            elif opt.required:
-                raise ConfigError(f"missing required option '{key}' ({opt.describe()})", key)
-            else:
-                values[key] = opt.default
+        values = validate_options(self.options, opts, f"layer '{self.type_name}'")
         self.config: dict[str, Any] = values
         for key, v in values.items():
             setattr(self, key, v)
@@ -205,14 +115,6 @@ def register(name: str) -> Callable[[type[Layer]], type[Layer]]:
         return cls
 
     return wrap
-
-
-def unknown_key_message(key: str, valid: Any, where: str) -> str:
-    """'unknown key X in WHERE (did you mean Y?); valid keys: ...'."""
-    valid = sorted(valid)
-    close = difflib.get_close_matches(str(key), valid, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return f"unknown key '{key}' in {where}{hint}; valid keys: {', '.join(valid) if valid else 'none'}"
 
 
 def layer_from_spec(spec: Any, path: str = "layer") -> Layer:
