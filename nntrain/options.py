@@ -52,7 +52,7 @@ class Option:
                 "pair": "an integer or a list of two integers",
                 "ints": "a list of integers", "floats": "a list of numbers"}[self.kind]
         if self.length is not None and self.kind in ("ints", "floats"):
-            what = what.replace("a list", f"a list of {self.length}")
+            what = what.replace("a list of", f"a list of {self.length}")
         if self.choices:
             what = "one of " + ", ".join(self.choices)
         if self.minimum is not None and self.maximum is not None:
