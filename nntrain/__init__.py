@@ -1,10 +1,28 @@
-"""nntrain: neural networks from scratch in NumPy, trained from YAML configs."""
+"""nntrain: neural networks from scratch in NumPy, trained from YAML configs.
 
-from nntrain.errors import CheckpointError, ConfigError, DataError, NNTrainError, ShapeError
-from nntrain.losses import SoftmaxCrossEntropy, build_loss
-from nntrain.model import Model, build_model
+The public names are loaded lazily, so that `nntrain --threads N` can set the BLAS thread count
+before NumPy is first imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "Model", "NNTrainError", "ShapeError",
-           "SoftmaxCrossEntropy", "build_loss", "build_model"]
+_EXPORTS = {
+    "load_config": "nntrain.config", "build_model": "nntrain.model", "Model": "nntrain.model",
+    "build_loss": "nntrain.losses", "SoftmaxCrossEntropy": "nntrain.losses",
+    "build_optimizer": "nntrain.optim", "build_scheduler": "nntrain.schedulers",
+    "NNTrainError": "nntrain.errors", "ConfigError": "nntrain.errors", "ShapeError": "nntrain.errors",
+    "DataError": "nntrain.errors", "CheckpointError": "nntrain.errors", "NumericalError": "nntrain.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'nntrain' has no attribute {name!r}")
