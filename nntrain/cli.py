@@ -1,0 +1,289 @@
+"""The `nntrain` command: a thin click shell over the library.
+
+User mistakes (NNTrainError) print one paragraph and exit 2 (1 for failed checks and NaN stops,
+130 for Ctrl-C); `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+EPILOG_TRAIN = """\b
+Examples:
+  nntrain train configs/quickstart.yaml
+  nntrain train configs/cnn.yaml -s optimizer.lr=0.01 -s train.epochs=3
+  nntrain train configs/cnn.yaml -s "model[0].out_channels=16" --run-dir runs/small-cnn
+  nntrain train configs/cnn.yaml --resume runs/mnist-cnn-20261125-101500
+  nntrain train configs/fashion_cnn.yaml --init-from runs/mnist-cnn-20261125-101500/checkpoints/best.npz
+"""
+
+
+def _set_threads(argv: list[str]) -> None:
+    """Apply `--threads N` to the BLAS/OpenMP pools; must happen before NumPy is first imported."""
+    for i, arg in enumerate(argv):
+        value = None
+        if arg == "--threads" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--threads="):
+            value = arg.split("=", 1)[1]
+        if value is not None and value.isdigit() and int(value) > 0:
+            for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+                os.environ[var] = value
+
+
+def _setup_logging(verbose: bool) -> None:
+    logger = logging.getLogger("nntrain")
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not any(getattr(h, "_nntrain_console", False) for h in logger.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(message)s"))
+        h._nntrain_console = True  # type: ignore[attr-defined]
+        logger.addHandler(h)
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Turn the project's exceptions into a message and exit code (traceback only with --debug)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from nntrain.errors import NNTrainError
+
+        ctx = click.get_current_context()
+        debug = (ctx.find_root().params or {}).get("debug", False)
+        try:
+            return fn(*args, **kwargs)
+        except NNTrainError as e:
+            if debug:
+                raise
+            click.echo(f"error: {e}" if e.exit_code != 130 else str(e), err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except MemoryError:
+            if debug:
+                raise
+            click.echo("error: out of memory: try a smaller train.batch_size or train.eval_batch_size", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--debug", is_flag=True, help="Show Python tracebacks for errors.")
+@click.option("-v", "--verbose", is_flag=True, help="More log output.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="BLAS threads (default: all cores).")
+@click.version_option(package_name="nntrain")
+def cli(debug: bool, verbose: bool, threads: int | None) -> None:
+    """Train neural networks written from scratch in NumPy, from YAML configs.
+
+    \b
+    Examples:
+      nntrain train configs/quickstart.yaml       train, print the run folder
+      nntrain eval runs/quickstart-20261125-101500  test-set metrics and plots
+      nntrain gradcheck configs/cnn.yaml            check every gradient numerically
+      nntrain print-config configs/cnn.yaml -s optimizer.lr=0.01
+    """
+    _setup_logging(verbose)
+
+
+def _load(config: str, overrides: tuple[str, ...]) -> dict:
+    from nntrain.config import load_config
+
+    return load_config(config, list(overrides))
+
+
+set_option = click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                          help="Override a config value (YAML syntax), e.g. -s optimizer.lr=0.01; repeatable.")
+
+
+@cli.command(epilog=EPILOG_TRAIN)
+@click.argument("config", type=click.Path(dir_okay=False))
+@set_option
+@click.option("--resume", type=click.Path(file_okay=False), default=None,
+              help="Continue the run in this folder from its checkpoints/last.npz.")
+@click.option("--force", is_flag=True, help="With --resume: continue even if CONFIG differs from the run's config.")
+@click.option("--run-dir", type=click.Path(file_okay=False), default=None, help="Folder for this run.")
+@click.option("--init-from", type=click.Path(dir_okay=False), default=None,
+              help="Start from the weights of this checkpoint (fresh optimizer state).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: only on a terminal).")
+@handle_errors
+def train(config: str, overrides: tuple[str, ...], resume: str | None, force: bool, run_dir: str | None,
+          init_from: str | None, progress: bool | None) -> None:
+    """Train the model described by CONFIG; prints the run folder."""
+    from nntrain.train import Trainer, train as run_training
+
+    cfg = _load(config, overrides)
+    if resume:
+        _check_resume_config(cfg, Path(resume), force)
+
+    def announce(trainer: Trainer) -> None:
+        click.echo(trainer.model.summary(), err=True)
+        click.echo(f"run folder: {trainer.run_dir}", err=True)
+
+    folder, summary = run_training(cfg, run_dir=run_dir, resume=resume, init_from=init_from, progress=progress,
+                                   on_start=announce)
+    click.echo(f"test accuracy {summary['test_acc']:.4f} (loss {summary['test_loss']:.4f}) "
+               f"from {summary['checkpoint']}", err=True)
+    click.echo(str(folder))
+
+
+def _check_resume_config(cfg: dict, folder: Path, force: bool) -> None:
+    """Refuse to resume a run with a different config (unless --force): the result would not be that run."""
+    from nntrain.config import load_config
+    from nntrain.errors import NNTrainError
+
+    saved_path = folder / "config.yaml"
+    if not saved_path.exists():
+        raise NNTrainError(f"cannot resume {folder}: it has no config.yaml (is it a run folder?)")
+    saved = load_config(saved_path)
+    diffs = _diff(saved, cfg)
+    diffs = [d for d in diffs if d != "name"]
+    if diffs and not force:
+        raise NNTrainError(f"cannot resume {folder}: the config differs from the run's own config at "
+                           f"{', '.join(diffs[:8])}; pass --force to continue anyway, or train a new run")
+
+
+def _diff(a: Any, b: Any, path: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{path}.{k}" if path else str(k))
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _diff(x, y, f"{path}[{i}]")]
+    return [] if a == b else [path or "(root)"]
+
+
+@cli.command("print-config")
+@click.argument("config", type=click.Path(dir_okay=False))
+@set_option
+@handle_errors
+def print_config(config: str, overrides: tuple[str, ...]) -> None:
+    """Print CONFIG fully resolved: every default filled in, overrides applied.
+
+    \b
+    Example:
+      nntrain print-config configs/cnn.yaml -s train.epochs=3
+    """
+    from nntrain.config import dump_config
+
+    click.echo(dump_config(_load(config, overrides)), nl=False)
+
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@set_option
+@click.option("--full", is_flag=True, help="Check every entry of every tensor (default: a sample).")
+@click.option("--samples", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Entries checked per tensor when not --full.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
+@handle_errors
+def gradcheck(config: str, overrides: tuple[str, ...], full: bool, samples: int, batch_size: int) -> None:
+    """Check every gradient of CONFIG's model numerically (float64, central differences).
+
+    Prints a table of relative errors; exits 1 if any tensor fails.
+
+    \b
+    Example:
+      nntrain gradcheck configs/cnn.yaml --full
+    """
+    from nntrain.gradcheck import format_gradcheck, gradcheck_config
+
+    rows = gradcheck_config(_load(config, overrides), full=full, batch_size=batch_size, samples=samples)
+    click.echo(format_gradcheck(rows))
+    failed = [r for r in rows if not r.passed]
+    if failed:
+        click.echo(f"gradcheck FAILED for {len(failed)} tensor(s): "
+                   + ", ".join(f"layer {r.layer} {r.tensor}" for r in failed), err=True)
+        sys.exit(1)
+    click.echo("gradcheck passed")
+
+
+@cli.command("time")
+@click.argument("config", type=click.Path(dir_okay=False))
+@set_option
+@click.option("--batches", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Default: train.batch_size.")
+@handle_errors
+def time_cmd(config: str, overrides: tuple[str, ...], batches: int, batch_size: int | None) -> None:
+    """Per-layer forward/backward time of CONFIG's model (like `caffe time`).
+
+    \b
+    Example:
+      nntrain --threads 2 time configs/cnn.yaml --batches 50
+    """
+    from nntrain.profile import format_profile, profile_config
+
+    click.echo(format_profile(profile_config(_load(config, overrides), batches=batches, batch_size=batch_size)))
+
+
+def _parse_perturb(values: tuple[str, ...]) -> list[tuple[str, list[float]]]:
+    from nntrain.errors import ConfigError
+
+    out = []
+    for v in values:
+        kind, sep, levels = v.partition("=")
+        try:
+            parsed = [float(x) for x in levels.split(",") if x.strip()]
+        except ValueError:
+            parsed = []
+        if not sep or not parsed:
+            raise ConfigError(f"--perturb {v!r}: expected KIND=LEVEL[,LEVEL...], e.g. rotate=0,5,10", "--perturb")
+        out.append((kind.strip(), parsed))
+    return out
+
+
+@cli.command("eval")
+@click.argument("target", metavar="RUN_DIR_OR_CHECKPOINT", type=click.Path())
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="Where the dataset lies (default: the run's data.root, $NNTRAIN_DATA, ~/.cache/nntrain).")
+@click.option("--perturb", multiple=True, metavar="KIND=LEVELS",
+              help="Accuracy under perturbed inputs: rotate=0,5,10 (degrees), shift=0,1,2 (pixels), "
+                   "noise=0,0.1,0.2 (std); repeatable.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder for eval/ and plots/ (default: the run folder, or the checkpoint's folder).")
+@handle_errors
+def eval_cmd(target: str, split: str, batch_size: int, data_root: str | None, perturb: tuple[str, ...],
+             out: str | None) -> None:
+    """Loss, accuracy, per-class accuracy and confusion matrix of a trained run.
+
+    Writes eval/metrics.json, eval/confusion.csv, plots/confusion.png and plots/misclassified.png
+    (and plots/robustness.png with --perturb).
+
+    \b
+    Examples:
+      nntrain eval runs/mnist-cnn-20261125-101500
+      nntrain eval runs/mnist-cnn-20261125-101500/checkpoints/best.npz --split val
+      nntrain eval runs/mnist-cnn-20261125-101500 --perturb rotate=0,5,10,15,20 --perturb noise=0,0.1,0.2
+    """
+    from nntrain.analysis import evaluate_run
+    from nntrain.runs import load_run
+
+    perturbations = _parse_perturb(perturb)
+    run = load_run(target)
+    report = evaluate_run(run, split, batch_size, data_root, perturbations)
+    click.echo(report.format())
+    for path in report.save(Path(out) if out else run.out_dir):
+        click.echo(f"wrote {path}", err=True)
+
+
+def main() -> None:
+    _set_threads(sys.argv[1:])
+    cli(prog_name="nntrain")
+
+
+if __name__ == "__main__":
+    main()
