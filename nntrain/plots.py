@@ -77,3 +77,18 @@ def image_grid(images: np.ndarray, titles: Sequence[str], path: Path, cols: int 
                 ax.imshow(np.transpose(img, (1, 2, 0)))
             ax.set_title(titles[i], fontsize=7)
     save_figure(fig, path)
+
+
+def plot_robustness(results: dict[str, list[tuple[float, float]]], path: Path) -> None:
+    """Accuracy against perturbation level, one panel per perturbation kind."""
+    units = {"rotate": "degrees", "shift": "pixels", "noise": "noise std"}
+    fig = Figure(figsize=(4 * len(results), 3.5))
+    for i, (kind, rows) in enumerate(results.items()):
+        ax = fig.add_subplot(1, len(results), i + 1)
+        ax.plot([lv for lv, _ in rows], [acc for _, acc in rows], "-o")
+        ax.set_title(kind)
+        ax.set_xlabel(units.get(kind, "level"))
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    save_figure(fig, path)

@@ -1,0 +1,56 @@
+"""Shared test helpers: running the real CLI and writing small configs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None,
+            check_no_traceback: bool = True) -> subprocess.CompletedProcess:
+    """Run `python -m nntrain.cli ARGS` as a real subprocess; asserts no traceback leaks on errors."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1")
+    full_env.update(env or {})
+    proc = subprocess.run([sys.executable, "-m", "nntrain.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+    if check_no_traceback:
+        assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def tiny_config(**changes) -> dict:
+    """A fast config: an MLP on mnist-mini (trains an epoch in well under a second)."""
+    cfg = {
+        "name": "tiny",
+        "seed": 0,
+        "data": {"dataset": "mnist-mini", "val_size": 500},
+        "model": [{"type": "flatten"}, {"type": "linear", "out_features": 32}, {"type": "relu"},
+                  {"type": "dropout", "p": 0.1}, {"type": "linear", "out_features": 10}],
+        "loss": {"type": "softmax_cross_entropy"},
+        "optimizer": {"type": "sgd", "lr": 0.05, "momentum": 0.9},
+        "train": {"epochs": 2, "batch_size": 64},
+    }
+    for key, value in changes.items():
+        section, _, sub = key.partition("__")
+        if sub:
+            cfg[section][sub] = value
+        else:
+            cfg[section] = value
+    return cfg
+
+
+def write_config(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    return write_config(tmp_path / "tiny.yaml", tiny_config())
