@@ -223,14 +223,16 @@ class AdamW(Adam):
     type_name = "adamw"
     decoupled = True
     options = {**Adam.options,
-               "weight_decay": Option("float", default=0.01, minimum=0.0, doc="decoupled decay: p ← p·(1 − lr·wd)")}
+               "weight_decay": Option("float", default=0.01, minimum=0.0,
+                                      doc="decoupled decay: p ← p·(1 − lr·wd)")}
 
 
 # The registry: YAML type name -> optimizer class. Read-only after import.
 OPTIMIZERS: dict[str, type[Optimizer]] = {cls.type_name: cls for cls in (SGD, Adam, AdamW)}
 
 
-def _split_spec(spec: Any, registry: Mapping[str, type], section: str) -> tuple[type, dict[str, Any]]:
+def split_typed_spec(spec: Any, registry: Mapping[str, type], section: str) -> tuple[type, dict[str, Any]]:
+    """`{type: name, **options}` -> (registry[name], options); ConfigError under `section` otherwise."""
     if not isinstance(spec, Mapping):
         raise ConfigError(f"expected a mapping with a 'type' key, got {spec!r}", section)
     if "type" not in spec:
@@ -249,7 +251,7 @@ def validate_optimizer_spec(spec: Any, section: str = "optimizer") -> dict[str, 
 
     Raises ConfigError with the key path, e.g. `optimizer.lr`.
     """
-    cls, opts = _split_spec(spec, OPTIMIZERS, section)
+    cls, opts = split_typed_spec(spec, OPTIMIZERS, section)
     try:
         return {"type": cls.type_name, **cls.validate(opts)}
     except ConfigError as e:
