@@ -33,7 +33,7 @@ class Optimizer:
     def __init__(self, params: Sequence[ParamTriple], **opts: Any):
         values = self.validate(opts)
         self.config: dict[str, Any] = values
-        self.lr: float = values["lr"]
+        self.lr = values["lr"]
         self.steps = 0  # number of completed step() calls
         self.names: list[str] = []
         self.params: list[np.ndarray] = []
@@ -49,11 +49,22 @@ class Optimizer:
             self.grads.append(g)
         self.state: dict[str, list[np.ndarray]] = {
             s: [np.zeros_like(p) for p in self.params] for s in self._active_state()}
-        # Two flat scratch buffers per dtype, sized for the largest param: the hot loop allocates nothing.
-        self._scratch: dict[np.dtype, tuple[np.ndarray, np.ndarray]] = {}
+        # Two flat scratch buffers per dtype, sized for the largest param and viewed in each param's
+        # shape: the hot loop allocates nothing.
+        sizes: dict[np.dtype, int] = {}
         for p in self.params:
-            size = max(p.size, self._scratch[p.dtype][0].size if p.dtype in self._scratch else 0)
-            self._scratch[p.dtype] = (np.empty(size, p.dtype), np.empty(size, p.dtype))
+            sizes[p.dtype] = max(p.size, sizes.get(p.dtype, 0))
+        flat = {dt: (np.empty(n, dt), np.empty(n, dt)) for dt, n in sizes.items()}
+        self._scratch = [tuple(f[:p.size].reshape(p.shape) for f in flat[p.dtype]) for p in self.params]
+
+    @property
+    def lr(self) -> float:
+        """The current learning rate (schedulers set it); always a Python float, so float32 stays float32."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self._lr = float(value)
 
     @classmethod
     def validate(cls, given: Mapping[str, Any]) -> dict[str, Any]:
@@ -69,9 +80,8 @@ class Optimizer:
     def step(self) -> None:
         """One update of every parameter from its current gradient."""
         self.steps += 1
-        for i, (p, g) in enumerate(zip(self.params, self.grads)):
-            a, b = self._scratch[p.dtype]
-            self._update(i, p, g, a[:p.size].reshape(p.shape), b[:p.size].reshape(p.shape))
+        for i, (p, g, (tmp_a, tmp_b)) in enumerate(zip(self.params, self.grads, self._scratch)):
+            self._update(i, p, g, tmp_a, tmp_b)
 
     def _update(self, i: int, p: np.ndarray, g: np.ndarray, tmp_a: np.ndarray, tmp_b: np.ndarray) -> None:
         raise NotImplementedError

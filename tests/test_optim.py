@@ -207,3 +207,22 @@ def test_registry_and_declared_options():
     assert full == {"type": "sgd", "lr": 1.0, "momentum": 0.0, "dampening": 0.0, "nesterov": False,
                     "weight_decay": 0.0}
     assert isinstance(full["lr"], float)
+
+
+@pytest.mark.parametrize("spec", [CASES[3], CASES[5], CASES[8], CASES[10]], ids=_ids)
+def test_step_reuses_scratch_and_keeps_float32(spec):
+    import tracemalloc
+
+    rng = np.random.default_rng(5)
+    p = rng.standard_normal((256, 256)).astype(np.float32)  # 256 KiB
+    g = rng.standard_normal(p.shape).astype(np.float32)
+    opt = build_optimizer(spec, [("0.W", p, g)])
+    opt.lr = np.float64(0.01)  # a float64 scalar lr must not upcast the update
+    assert type(opt.lr) is float
+    opt.step()
+    tracemalloc.start()
+    opt.step()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < p.nbytes // 8, f"step allocated {peak} bytes"
+    assert p.dtype == np.float32 and all(a.dtype == np.float32 for a in opt.state_dict()[0].values())
