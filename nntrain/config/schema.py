@@ -41,7 +41,7 @@ REQUIRED_TOP_LEVEL = ("data", "model", "optimizer")
 
 TOP_OPTIONS = {
     "name": Option("str", doc="run name, used in the run folder name; default: the config file's stem"),
-    "seed": Option("int", 0, minimum=0, maximum=2**63 - 1, doc="seed of every random draw"),
+    "seed": Option("int", 0, minimum=0, doc="seed of every random draw"),
 }
 DATA_OPTIONS = {
     "dataset": Option("str", choices=DATASETS, doc="which dataset"),
@@ -86,6 +86,25 @@ def plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def normalized(options: Mapping[str, Option], values: Mapping[str, Any]) -> dict[str, Any]:
+    """Values in the form their Option gives them (a pair default `1` becomes [1, 1]), as plain data.
+
+    validate_options returns defaults as declared; normalising them makes the resolved config a fixed
+    point: validating its dump gives the same dict. Values an Option would refuse (a None standing
+    for "resolved later") are kept as they are.
+    """
+    out = {}
+    for key, value in values.items():
+        opt = options.get(key)
+        if opt is not None:
+            try:
+                value = opt.validate(value, key)
+            except ConfigError:
+                pass
+        out[key] = plain(value)
+    return out
 
 
 def _located(path: str, fn: Callable[[], Any]) -> Any:
@@ -134,9 +153,11 @@ def _registry(module: str, attr: str, feature: str, path: str) -> Mapping[str, t
     raise ConfigError(f"{feature} are not available in this version of nntrain ({module}.{attr} is missing)", path)
 
 
-def _registered(spec: Any, registry: Mapping[str, type], what: str, path: str) -> dict[str, Any]:
-    """`{type: name, ...options}` checked against registry[name].options (and the class's own
-    `validate` classmethod where it has one, for checks that span options, like lr > 0)."""
+def _registered(spec: Any, registry: Mapping[str, type], what: str, path: str,
+                context: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`{type: name, ...options}` checked against registry[name].options, or by the class's own
+    `validate` classmethod where it has one (for checks that span options, like lr > 0); `context`
+    values (epochs=...) are passed to that classmethod where its signature names them."""
     spec = _mapping(spec, path, f"{what} with a 'type' key")
     known = ", ".join(sorted(registry))
     if "type" not in spec:
@@ -150,18 +171,23 @@ def _registered(spec: Any, registry: Mapping[str, type], what: str, path: str) -
     opts = {k: v for k, v in spec.items() if k != "type"}
     where = f"{what} '{name}'"
     if isinstance(inspect.getattr_static(cls, "validate", None), classmethod):
-        values = _located(path, lambda: cls.validate(opts))
+        accepted = inspect.signature(cls.validate).parameters
+        extra = {k: v for k, v in (context or {}).items() if k in accepted}
+        values = _located(path, lambda: cls.validate(opts, **extra))
     else:
         values = _located(path, lambda: validate_options(cls.options, opts, where))
-    return {"type": name, **plain(values)}
+    return {"type": name, **normalized(cls.options, values)}
 
 
 def dataset_shape(dataset: str) -> tuple[tuple[int, ...], int, int | None]:
     """(per-sample input shape, number of classes, training images or None) of a dataset."""
     try:
         from nntrain.data import dataset_info
-    except ImportError:  # nntrain.data without dataset_info yet: the known shapes
-        return _FALLBACK_INFO[dataset]
+    except ImportError:
+        try:
+            from nntrain.data.registry import dataset_info
+        except ImportError:  # nntrain.data without dataset_info yet: the known shapes
+            return _FALLBACK_INFO[dataset]
     info = dataset_info(dataset)
     shape, classes, n_train = _FALLBACK_INFO[dataset]
     n_train = getattr(info, "num_train", getattr(info, "train_size", n_train))
@@ -228,7 +254,7 @@ def _model(raw: Any, dataset: str) -> list[dict[str, Any]]:
             shape = tuple(int(s) for s in layer.output_shape(shape))
         except ConfigError as e:
             raise e.located(prefix=path) from None
-        layers.append({"type": layer.type_name, **plain(layer.config)})
+        layers.append({"type": layer.type_name, **normalized(layer.options, layer.config)})
     if shape != (classes,):
         raise ConfigError(f"the last layer outputs shape {shape}, but {dataset} has {classes} classes: the "
                           f"model must end with an output of shape ({classes},), e.g. "
@@ -276,10 +302,11 @@ def validate(raw: Any, default_name_: str | None = None) -> dict[str, Any]:
     cfg["loss"] = _section(loss if loss is not None else {}, "loss", LOSS_OPTIONS, {}, "the loss")
     from_optim = _registry("nntrain.optim", "OPTIMIZERS", "optimizers", "optimizer")
     cfg["optimizer"] = _registered(raw["optimizer"], from_optim, "optimizer", "optimizer")
+    train = _train(raw.get("train"), cfg["data"]["val_size"])  # before the scheduler: it needs epochs
     scheduler = raw.get("scheduler")
     if scheduler is not None:
         schedulers = _registry("nntrain.schedulers", "SCHEDULERS", "learning-rate schedulers", "scheduler")
-        scheduler = _registered(scheduler, schedulers, "scheduler", "scheduler")
+        scheduler = _registered(scheduler, schedulers, "scheduler", "scheduler", {"epochs": train["epochs"]})
     cfg["scheduler"] = scheduler
-    cfg["train"] = _train(raw.get("train"), cfg["data"]["val_size"])
+    cfg["train"] = train
     return cfg
