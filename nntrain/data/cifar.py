@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -146,27 +146,35 @@ def _load_layout(folder: Path, suffix: str, records: int | None) -> tuple[np.nda
     return train_images, train_labels, test_images, test_labels
 
 
-def download_cifar10(root: str | Path, progress: bool = True) -> Path:
+def download_cifar10(root: str | Path, progress: bool = True, mirrors: Sequence[str] | None = None) -> Path:
     """Download the official binary archive into `root` (checksummed), extract the batches safely;
-    returns the `cifar-10-batches-bin` folder."""
+    returns the `cifar-10-batches-bin` folder.
+
+    mirrors: base URLs to try instead of the official one (`<mirror>/cifar-10-binary.tar.gz`). An
+    archive already in `root` (downloads are atomic and verified) is reused.
+    """
     from nntrain.data.download import download   # imported here: only needed when files are missing
 
     root = Path(root)
     archive = root / ARCHIVE_NAME
-    download(list(CIFAR10_URLS), archive, md5=CIFAR10_MD5, progress=progress)
+    if not archive.is_file():
+        urls = [m.rstrip("/") + "/" + ARCHIVE_NAME for m in mirrors] if mirrors else list(CIFAR10_URLS)
+        download(urls, archive, md5=CIFAR10_MD5, progress=progress)
     wanted = [f"{BIN_DIR}/{n}.bin" for n in (*TRAIN_BATCHES, TEST_BATCH)] + [f"{BIN_DIR}/batches.meta.txt"]
     safe_extract(archive, root, members=wanted, max_bytes=200 * 2**20)
     return root / BIN_DIR
 
 
 def load_cifar10(root: str | Path, download: bool = False, progress: bool = True, *,
-                 records_per_batch: int | None = RECORDS_PER_BATCH) -> tuple[np.ndarray, ...]:
+                 records_per_batch: int | None = RECORDS_PER_BATCH,
+                 mirrors: Sequence[str] | None = None) -> tuple[np.ndarray, ...]:
     """CIFAR-10 from `root` -> (train_images uint8 (50000, 3, 32, 32), train_labels int64 (50000,),
     test_images uint8 (10000, 3, 32, 32), test_labels int64 (10000,)).
 
     Reads `<root>/cifar-10-batches-bin` if complete, else `<root>/cifar-10-batches-py`; if neither is
     complete and `download` is true, fetches and extracts the official binary archive. Every batch must
-    hold `records_per_batch` images (None: any positive number, for small test copies).
+    hold `records_per_batch` images (None: any positive number, for small test copies); `mirrors`
+    are base URLs tried instead of the official one.
     """
     root = Path(root)
     bin_dir, py_dir = root / BIN_DIR, root / PY_DIR
@@ -178,7 +186,7 @@ def load_cifar10(root: str | Path, download: bool = False, progress: bool = True
         return _load_layout(py_dir, "", records_per_batch)
     if download:
         log.info("CIFAR-10 not found under %s; downloading %s", root, CIFAR10_URLS[0])
-        download_cifar10(root, progress)
+        download_cifar10(root, progress, mirrors)
         return _load_layout(bin_dir, ".bin", records_per_batch)
     raise DataError(f"CIFAR-10 not found under {root}: expected {bin_dir} with data_batch_1..5.bin and "
                     f"test_batch.bin (missing: {', '.join(missing_bin)}) or {py_dir} with the official "
