@@ -79,9 +79,12 @@ class GradcheckRow:
 def dataset_input_shape(name: str) -> tuple[int, ...]:
     """Per-sample input shape (C, H, W) of a dataset by config name; ConfigError if unknown."""
     try:
-        from nntrain.data import dataset_info  # written alongside; fall back to the table below
+        from nntrain.data import dataset_info
     except ImportError:
-        dataset_info = None
+        try:
+            from nntrain.data.registry import dataset_info
+        except ImportError:  # the data package is optional here: fall back to the table above
+            dataset_info = None
     if dataset_info is not None:
         return tuple(int(s) for s in dataset_info(name).input_shape)
     if name not in _INPUT_SHAPES:
@@ -180,6 +183,11 @@ def gradcheck(model: Model, loss: Any, x: np.ndarray, labels: np.ndarray, *, sam
     labels = np.asarray(labels)
     saved = model.state_dict()
     noise_state = model.rng.bit_generator.state
+    # A first layer may be told to skip dL/dx (conv2d's skip_input_grad, a training speed-up); the
+    # check needs it, so it is switched off for the duration.
+    skipping = [layer for layer in model.layers if getattr(layer, "skip_input_grad", False)]
+    for layer in skipping:
+        layer.skip_input_grad = False
     try:
         # Reference pass (records each layer's input and the Generator state before it), then backward.
         f = _Objective(model, loss, x, labels)
@@ -210,6 +218,8 @@ def gradcheck(model: Model, loss: Any, x: np.ndarray, labels: np.ndarray, *, sam
     finally:
         model.load_state_dict(saved)
         model.rng.bit_generator.state = noise_state
+        for layer in skipping:
+            layer.skip_input_grad = True
 
 
 def gradcheck_config(cfg: Mapping[str, Any], full: bool = False, batch_size: int = 4,
