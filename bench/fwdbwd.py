@@ -1,0 +1,135 @@
+"""Forward+backward time of the mnist-cnn reference net (DESIGN.md) on one float32 batch of 64:
+nntrain beside PyTorch, same process, same thread count. Not a test.
+
+usage: python bench/fwdbwd.py [--threads 2] [--repeats 30] [--rounds 3] [--batch 64] [--profile]
+Prints the median (and best) seconds per forward+backward of each side and the ratio nntrain/PyTorch.
+Rounds alternate the two sides so that load from other processes hits both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def parse() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2, help="BLAS / torch threads (default 2)")
+    ap.add_argument("--repeats", type=int, default=30, help="timed forward+backward passes per round")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of nntrain and torch")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--profile", action="store_true", help="also print nntrain's per-layer times")
+    return ap.parse_args()
+
+
+args = parse()
+# Thread counts must be fixed before NumPy's BLAS starts.
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[var] = str(args.threads)
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import nntrain  # noqa: E402
+
+SPEC = [
+    {"type": "conv2d", "out_channels": 32, "kernel_size": 3, "padding": 1}, {"type": "relu"},
+    {"type": "maxpool2d", "kernel_size": 2},
+    {"type": "conv2d", "out_channels": 64, "kernel_size": 3, "padding": 1}, {"type": "relu"},
+    {"type": "maxpool2d", "kernel_size": 2},
+    {"type": "flatten"}, {"type": "linear", "out_features": 128}, {"type": "relu"},
+    {"type": "linear", "out_features": 10},
+]
+
+
+def timed(step, repeats: int) -> list[float]:
+    step()  # warm-up: buffers, page faults
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def nntrain_step(x: np.ndarray, labels: np.ndarray):
+    model = nntrain.build_model(SPEC, input_shape=(1, 28, 28), seed=0)
+    loss = nntrain.SoftmaxCrossEntropy()
+
+    def step():
+        loss.forward(model.forward(x, train=True), labels)
+        model.backward(loss.backward())
+
+    return model, loss, step
+
+
+def torch_step(x: np.ndarray, labels: np.ndarray):
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(args.threads)
+    net = nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
+    tx, ty = torch.from_numpy(x), torch.from_numpy(labels.astype(np.int64))
+    lossf = nn.CrossEntropyLoss()
+
+    def step():
+        net.zero_grad(set_to_none=True)
+        lossf(net(tx), ty).backward()
+
+    return step
+
+
+def profile(model, loss, x: np.ndarray, labels: np.ndarray, repeats: int = 20) -> None:
+    """Per-layer forward/backward milliseconds (median), for finding the slow layer."""
+    fwd = {i: [] for i in range(len(model.layers))}
+    bwd = {i: [] for i in range(len(model.layers))}
+    for _ in range(repeats):
+        h = x
+        for i, layer in enumerate(model.layers):
+            t0 = time.perf_counter()
+            h = layer.forward(h, True)
+            fwd[i].append(time.perf_counter() - t0)
+        loss.forward(h, labels)
+        g = loss.backward()
+        for i in reversed(range(len(model.layers))):
+            t0 = time.perf_counter()
+            g = model.layers[i].backward(g)
+            bwd[i].append(time.perf_counter() - t0)
+    for i, layer in enumerate(model.layers):
+        print(f"  {i:2d} {layer.describe():55s} fwd {1e3 * np.median(fwd[i]):6.2f} ms  "
+              f"bwd {1e3 * np.median(bwd[i]):6.2f} ms")
+
+
+def main() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((args.batch, 1, 28, 28)).astype(np.float32)
+    labels = rng.integers(0, 10, size=args.batch)
+    model, loss, ours = nntrain_step(x, labels)
+    try:
+        theirs = torch_step(x, labels)
+    except ImportError:
+        theirs = None
+        print("torch is not installed: timing nntrain only")
+    times: dict[str, list[float]] = {"nntrain": [], "torch": []}
+    for _ in range(args.rounds):
+        times["nntrain"] += timed(ours, args.repeats)
+        if theirs is not None:
+            times["torch"] += timed(theirs, args.repeats)
+    print(f"mnist-cnn forward+backward, batch {args.batch}, float32, {args.threads} thread(s)")
+    for side, ts in times.items():
+        if ts:
+            print(f"  {side:8s} median {1e3 * np.median(ts):7.2f} ms   best {1e3 * min(ts):7.2f} ms")
+    if times["torch"]:
+        print(f"  ratio nntrain/torch: median {np.median(times['nntrain']) / np.median(times['torch']):.2f}x  "
+              f"best {min(times['nntrain']) / min(times['torch']):.2f}x")
+    if args.profile:
+        profile(model, loss, x, labels)
+
+
+if __name__ == "__main__":
+    main()

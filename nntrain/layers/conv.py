@@ -1,0 +1,139 @@
+"""2-D convolution (cross-correlation, as PyTorch's Conv2d) by im2col + one GEMM.
+
+Layout, chosen by measurement (bench/fwdbwd.py): the input is copied once into a zero-padded
+channels-last buffer xp (N, Hp, Wp, C); a strided view of it gives every receptive field, copied into
+the column matrix cols (N·OH·OW, kh·kw·C) whose rows are contiguous runs of C channels. Then
+y = cols @ Wm with Wm (kh·kw·C, O), and the result (N, OH, OW, O) is returned as an NCHW *view*
+(N, O, OH, OW) of channels-last memory: element-wise layers and pooling keep that layout, so the
+next conv (and this conv's backward) read it without a transpose copy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from nntrain.errors import ShapeError
+from nntrain.init import INITS, initialize
+from nntrain.layers.base import Layer, Option, Shape, register, require_shape
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Output length along one axis: floor((size + 2·padding - kernel) / stride) + 1."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def channels_last(x: np.ndarray) -> np.ndarray:
+    """View (N, C, H, W) as (N, H, W, C) without copying (contiguous when x is channels-last memory)."""
+    return x.transpose(0, 2, 3, 1)
+
+
+def window_view(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
+                out_hw: tuple[int, int]) -> np.ndarray:
+    """Receptive fields of a channels-last array xp (N, Hp, Wp, C) as a read-only view
+    (N, OH, OW, kh, kw, C): view[n, i, j, a, b, c] = xp[n, i·sh + a, j·sw + b, c]."""
+    sN, sH, sW, sC = xp.strides
+    n, _, _, c = xp.shape
+    return as_strided(xp, (n, out_hw[0], out_hw[1], kernel[0], kernel[1], c),
+                      (sN, stride[0] * sH, stride[1] * sW, sH, sW, sC), writeable=False)
+
+
+@register("conv2d")
+class Conv2D(Layer):
+    """x: (N, C, H, W) -> y: (N, O, OH, OW), y = b + Σ_{c,a,b} W[o, c, a, b] · xpad[n, c, i·sh + a, j·sw + b].
+
+    W is (out_channels, in_channels, kh, kw) like PyTorch; fan_in = C·kh·kw. Backward:
+    dW = gᵀ·cols (+ λW), db = Σ g, dx = col2im(g·Wmᵀ) (a scatter-add over the kh·kw kernel offsets).
+    Set `skip_input_grad = True` on a first layer to skip dx (backward then returns None), as PyTorch
+    does for inputs that need no gradient.
+    """
+
+    options = {
+        "out_channels": Option("int", minimum=1, doc="number of output channels (filters)"),
+        "kernel_size": Option("pair", minimum=1, doc="kernel height and width (an int for square)"),
+        "stride": Option("pair", (1, 1), minimum=1, doc="step between receptive fields"),
+        "padding": Option("pair", (0, 0), minimum=0, doc="zeros added on each side of H and W"),
+        "bias": Option("bool", True, doc="add a learned bias per output channel"),
+        "weight_decay": Option("float", 0.0, minimum=0.0, doc="L2 coefficient λ: dW += λW"),
+        "init": Option("str", "he_normal", choices=INITS, doc="weight initialiser"),
+        "init_std": Option("float", 0.01, minimum=0.0, doc="std for init: normal"),
+    }
+    decayed = ("W",)
+    skip_input_grad = False
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        require_shape(self, input_shape, 3, "conv2d takes images (C, H, W)")
+        _, h, w = input_shape
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
+        if kh > h + 2 * ph or kw > w + 2 * pw:
+            raise ShapeError(f"kernel_size {kh}x{kw} is larger than the padded input {h + 2 * ph}x{w + 2 * pw} "
+                             f"(input {h}x{w}, padding {ph},{pw}); use a kernel of at most "
+                             f"{h + 2 * ph}x{w + 2 * pw} or more padding", "kernel_size")
+        return (self.out_channels, conv_output_size(h, kh, self.stride[0], ph),
+                conv_output_size(w, kw, self.stride[1], pw))
+
+    def _create(self, input_shape: Shape, init_rng: np.random.Generator) -> None:
+        c = input_shape[0]
+        kh, kw = self.kernel_size
+        o = self.out_channels
+        self.add_param("W", initialize(self.init, (o, c, kh, kw), c * kh * kw, o * kh * kw,
+                                       init_rng, self.dtype, self.init_std))
+        if self.bias:
+            self.add_param("b", np.zeros(o))
+        self._xp: np.ndarray | None = None     # padded channels-last input, reused across batches
+        self._cols: np.ndarray | None = None   # column matrix, reused across batches
+
+    def _buffers(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The padded input and column buffers for x's shape and dtype (re-made only when they change)."""
+        n, c, h, w = x.shape
+        (ph, pw), (kh, kw) = self.padding, self.kernel_size
+        shape = (n, h + 2 * ph, w + 2 * pw, c)
+        if self._xp is None or self._xp.shape != shape or self._xp.dtype != x.dtype:
+            self._xp = np.zeros(shape, dtype=x.dtype)  # the border stays zero: only the interior is written
+            oh = conv_output_size(h, kh, self.stride[0], ph)
+            ow = conv_output_size(w, kw, self.stride[1], pw)
+            self._cols = np.empty((n * oh * ow, kh * kw * c), dtype=x.dtype)
+        return self._xp, self._cols
+
+    def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+        n, c, h, w = x.shape
+        (ph, pw), (kh, kw), stride = self.padding, self.kernel_size, self.stride
+        oh, ow = conv_output_size(h, kh, stride[0], ph), conv_output_size(w, kw, stride[1], pw)
+        xp, cols = self._buffers(x)
+        xp[:, ph:ph + h, pw:pw + w, :] = channels_last(x)
+        np.copyto(cols.reshape(n, oh, ow, kh, kw, c), window_view(xp, (kh, kw), stride, (oh, ow)))
+        self._in_shape = x.shape
+        # Wm[(a, b, c), o] = W[o, c, a, b], matching the (kh, kw, C) order of a column row.
+        wm = self.params["W"].transpose(2, 3, 1, 0).reshape(kh * kw * c, self.out_channels)
+        y = cols @ wm
+        if self.bias:
+            y += self.params["b"]
+        return y.reshape(n, oh, ow, self.out_channels).transpose(0, 3, 1, 2)
+
+    def backward(self, grad: np.ndarray) -> np.ndarray | None:
+        n, c, h, w = self._in_shape
+        (ph, pw), (kh, kw), (sh, sw) = self.padding, self.kernel_size, self.stride
+        o = self.out_channels
+        _, _, oh, ow = grad.shape
+        g = channels_last(grad).reshape(n * oh * ow, o)   # free when grad is channels-last memory
+        # dW[o, c, a, b] = Σ_rows g[row, o] · cols[row, (a, b, c)]
+        gw = (g.T @ self._cols).reshape(o, kh, kw, c)
+        np.copyto(self.grads["W"], gw.transpose(0, 3, 1, 2))
+        if self.bias:
+            np.sum(g, axis=0, out=self.grads["b"])
+        self.apply_weight_decay()
+        if self.skip_input_grad:
+            return None
+        wm = self.params["W"].transpose(2, 3, 1, 0).reshape(kh * kw * c, o)
+        dcols = (g @ wm.T).reshape(n, oh, ow, kh, kw, c)
+        # col2im: each kernel offset (a, b) adds its slice of dcols to a strided window of dxp.
+        dxp = np.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=dcols.dtype)
+        for a in range(kh):
+            for b in range(kw):
+                dxp[:, a:a + sh * (oh - 1) + 1:sh, b:b + sw * (ow - 1) + 1:sw, :] += dcols[:, :, :, a, b, :]
+        return dxp[:, ph:ph + h, pw:pw + w, :].transpose(0, 3, 1, 2)
+
+    def flops(self, input_shape: Shape) -> int:
+        c = input_shape[0]
+        _, oh, ow = self.output_shape(input_shape)
+        return 2 * self.out_channels * oh * ow * c * self.kernel_size[0] * self.kernel_size[1]
