@@ -14,7 +14,8 @@ subtraction, divided by h) ≈ 1e-9 for losses of order one. So a correct gradie
 agrees to ~1e-6 relative or better, and entries smaller than the rounding floor cannot be resolved at
 all: `tiny = floor / tol` turns the test for those into the absolute one |a − n| ≤ floor, where
 floor = 64·u·max(|f|, 1)/h (64 ulps: the loss is a sum of many rounded terms). Overall an entry passes
-iff |a − n| ≤ max(tol·(|a| + |n|), floor); a 1 % error in a backward pass is 1e4× over `tol`.
+iff |a − n| ≤ max(tol·(|a| + |n|), floor) (floor ≈ 3e-8 for f ≈ 2.3): a 1 % error in a backward pass
+is ~5e-3 relative, 5000× over `tol`, on every entry larger than 100·floor.
 
 Making f a deterministic, smooth function of θ:
 - run in train mode (batchnorm uses batch statistics); dropout masks are made identical in every
@@ -138,7 +139,9 @@ def _check_tensor(f, array: np.ndarray, analytic: np.ndarray, indices: np.ndarra
     difference, so only then can the failure be the kink's and not the backward's. This test uses
     forward values alone, so a wrong backward pass can never trigger a retry by itself.
     """
-    flat = array.reshape(-1)  # a view: the arrays checked are contiguous (params, our copy of x)
+    if not array.flags.c_contiguous:  # reshape would copy, and the perturbation would be lost
+        raise ValueError("gradcheck perturbs arrays in place through a flat view: params must be C-contiguous")
+    flat = array.reshape(-1)
     a_flat = analytic.reshape(-1)
     f0 = f()
     worst, worst_i = -1.0, int(indices[0])

@@ -31,7 +31,7 @@ class ProfileRow:
 
     name: "3 conv2d(out_channels=64, ...)" for a layer, "loss" or "optimizer"; `layer` the index
     (None for loss/optimizer); the optimizer step's time is in `backward_ms` (its forward_ms is 0); `share` the percentage of the summed total of all rows;
-    `forward_gflops` / `backward_gflops` None where the FLOP count is unknown.
+    `forward_gflops` / `backward_gflops` None where the FLOP count is unknown; `batch_size` the N timed.
     """
 
     name: str
@@ -42,6 +42,7 @@ class ProfileRow:
     share: float
     forward_gflops: float | None
     backward_gflops: float | None
+    batch_size: int | None = None
 
     @property
     def total_ms(self) -> float:
@@ -115,7 +116,7 @@ def profile_model(model: Model, loss: Any, x: np.ndarray, labels: np.ndarray, ba
         stages.append(("optimizer", None, None, 0.0, ms(opt_times), 0))
     total = sum(f + b for _, _, _, f, b, _ in stages)
     return [ProfileRow(name, k, out, f, b, 100.0 * (f + b) / total if total > 0 else 0.0,
-                       _gflops(flops, f), _gflops(2 * flops, b))
+                       _gflops(flops, f), _gflops(2 * flops, b), n)
             for name, k, out, f, b, flops in stages]
 
 
@@ -140,13 +141,13 @@ def profile_config(cfg: Mapping[str, Any], batches: int = 10, batch_size: int | 
     rng = np.random.default_rng([seed, 102])
     x = rng.standard_normal((batch_size, *input_shape)).astype(np.float32)
     labels = rng.integers(0, model.output_shape[0], size=batch_size)
-    log.info("profiling %d batches of %d (after %d warm-up)", batches, batch_size, warmup)
+    log.debug("profiling %d batches of %d (after %d warm-up)", batches, batch_size, warmup)
     return profile_model(model, loss, x, labels, batches=batches, warmup=warmup, optimizer=optimizer)
 
 
 def format_profile(rows: Sequence[ProfileRow], batch_size: int | None = None) -> str:
     """Table: stage, output shape, forward ms, backward ms, total ms, share %, forward and backward
-    GFLOP/s; then the total per batch (and samples/s when `batch_size` is given)."""
+    GFLOP/s; then the total per batch and samples/s (batch size from the rows unless given)."""
 
     def num(v: float | None, fmt: str) -> str:
         return "-" if v is None else format(v, fmt)
@@ -165,6 +166,7 @@ def format_profile(rows: Sequence[ProfileRow], batch_size: int | None = None) ->
     fwd = sum(r.forward_ms for r in rows)
     lines.append(rule)
     summary = f"total {total:.3f} ms per batch (forward {fwd:.3f} ms, backward and step {total - fwd:.3f} ms)"
+    batch_size = batch_size or (rows[0].batch_size if rows else None)
     if batch_size and total > 0:
         summary += f", {batch_size / (total / 1e3):,.0f} samples/s"
     lines.append(summary)
