@@ -196,6 +196,13 @@ def test_missing_files_without_download_says_where(tmp_path):
     assert "train-images" not in msg  # only the missing file is listed
 
 
+def test_cifar10_entry_loads_lazily_from_its_folder(tmp_path):
+    # The CIFAR reader lives in nntrain.data.cifar; the table sends it <root>/cifar10.
+    with pytest.raises(DataError) as err:
+        load_dataset("cifar10", root=tmp_path, download=False, progress=False)
+    assert str(tmp_path / "cifar10") in str(err.value)
+
+
 @needs_data
 def test_real_mnist():
     ds = load_dataset("mnist", root=DATA, download=False, progress=False)
