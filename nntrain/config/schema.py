@@ -240,7 +240,7 @@ def _model(raw: Any, dataset: str) -> list[dict[str, Any]]:
     Shape inference finds every impossible shape without allocating weights, so a hostile config
     (`out_features: 1e12`) cannot exhaust memory while being validated.
     """
-    from nntrain.layers import layer_from_spec
+    from nntrain.layers import REGISTRY, layer_from_spec
 
     if not isinstance(raw, (list, tuple)) or not raw:
         raise ConfigError(f"expected a non-empty list of layers ({{type: linear, out_features: 10}}, ...), "
@@ -249,6 +249,9 @@ def _model(raw: Any, dataset: str) -> list[dict[str, Any]]:
     layers = []
     for i, spec in enumerate(raw):
         path = f"model[{i}]"
+        if isinstance(spec, Mapping) and not isinstance(spec.get("type", ""), str):
+            raise ConfigError(f"got {_kind(spec['type'])}, expected a layer type name: one of "
+                              f"{', '.join(sorted(REGISTRY))}", f"{path}.type")
         layer = layer_from_spec(spec, path)
         try:
             shape = tuple(int(s) for s in layer.output_shape(shape))

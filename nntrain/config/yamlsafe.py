@@ -131,8 +131,9 @@ def parse_yaml(text: str, source: str | None = None) -> tuple[Any, dict[str, int
     """Parse one YAML document safely. Returns (value, lines) where lines maps each key path
     ('optimizer.lr', 'model[2]') to its 1-based line; an empty document gives (None, {}).
     Every problem is a ConfigError carrying `source` and the line."""
-    loader = _Loader(text)
+    loader = None
     try:
+        loader = _Loader(text)  # the reader checks the characters here already
         node = loader.get_single_node()
         if node is None:
             return None, {}
@@ -153,7 +154,8 @@ def parse_yaml(text: str, source: str | None = None) -> tuple[Any, dict[str, int
     except yaml.YAMLError as e:
         raise ConfigError(f"invalid YAML: {e}", source=source) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def read_text(path: str | os.PathLike[str]) -> str:
