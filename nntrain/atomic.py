@@ -31,6 +31,7 @@ def _describe(err: OSError, path: Path) -> str:
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Context manager yielding a file object; on success the data replaces `path` atomically."""
     path = Path(path)
+    _remove_stale(path)
     fd, tmp = None, None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -50,6 +51,13 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+def _remove_stale(path: Path) -> None:
+    """Delete temporary files a killed writer of `path` left behind (SIGKILL skips every cleanup)."""
+    with contextlib.suppress(OSError):
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):
+            stale.unlink()
 
 
 def _fsync_dir(folder: Path) -> None:
