@@ -14,7 +14,7 @@ from nntrain.errors import ConfigError
 
 MAX_BYTES = 1_000_000  # a real config is a few KB; anything near this is a mistake or an attack
 MAX_DEPTH = 32  # a real config nests 4 deep (train.early_stopping.patience, model[3].kernel_size[0])
-MAX_NODES = 100_000  # values after alias expansion: stops billion-laughs bombs before they grow
+MAX_NODES = 20_000  # values after alias expansion (a real config has a few hundred): stops alias bombs
 
 # Tags whose scalars become Python values; timestamps (2024-01-01) and '=' stay the text written.
 _SCALARS = {

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nntrain.config import dump_config, load_config, validate_config
-from nntrain.config.yamlsafe import MAX_BYTES, MAX_DEPTH
+from nntrain.config.yamlsafe import MAX_BYTES, MAX_DEPTH, MAX_NODES
 from nntrain.errors import ConfigError
 from nntrain.layers import REGISTRY
 
@@ -104,7 +104,7 @@ def test_deep_nesting_is_refused_without_recursion_error(tmp_path: Path, text: s
 
 
 def test_many_values_are_refused(tmp_path: Path) -> None:
-    refused(tmp_path, "seed: [" + "0," * 200_000 + "0]\n", "more than")
+    refused(tmp_path, "seed: [" + "0," * (MAX_NODES + 1) + "0]\n", "more than")
 
 
 @pytest.mark.parametrize("data, fragment", [
