@@ -35,13 +35,21 @@ class Augmentation:
     options: ClassVar[dict[str, Option]] = {}
 
     def __init__(self, **opts: Any):
-        self.config: dict[str, Any] = validate_options(self.options, opts, f"augmentation '{self.type_name}'")
+        self.config: dict[str, Any] = self.validate(opts)
         for key, value in self.config.items():
             setattr(self, key, value)
-        self.check()
 
-    def check(self) -> None:
-        """Cross-option validation (raise ConfigError with the option's name as path)."""
+    @classmethod
+    def validate(cls, opts: dict[str, Any]) -> dict[str, Any]:
+        """Options checked (types, bounds, unknown keys, then `check`), defaults filled in. The config
+        loader calls this too, so a config is refused before any work starts."""
+        values = validate_options(cls.options, opts, f"augmentation '{cls.type_name}'")
+        cls.check(values)
+        return values
+
+    @classmethod
+    def check(cls, values: dict[str, Any]) -> None:
+        """Checks that span options; raise ConfigError with the offending option's name as path."""
 
     def apply(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         raise NotImplementedError
@@ -100,9 +108,10 @@ class RandomScale(Augmentation):
     options = {"min": Option("float", default=0.9, minimum=0.1, maximum=10.0, doc="smallest factor"),
                "max": Option("float", default=1.1, minimum=0.1, maximum=10.0, doc="largest factor")}
 
-    def check(self) -> None:
-        if self.min > self.max:
-            raise ConfigError(f"max ({self.max}) must be >= min ({self.min})", "max")
+    @classmethod
+    def check(cls, values: dict[str, Any]) -> None:
+        if values["min"] > values["max"]:
+            raise ConfigError(f"max ({values['max']}) must be >= min ({values['min']})", "max")
 
     def apply(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return affine.scale(x, rng.uniform(self.min, self.max, size=len(x)))
