@@ -85,7 +85,7 @@ def torch_step(x: np.ndarray, labels: np.ndarray):
 
 
 def profile(model, loss, x: np.ndarray, labels: np.ndarray, repeats: int = 20) -> None:
-    """Per-layer forward/backward milliseconds (median), for finding the slow layer."""
+    """Per-layer forward/backward milliseconds (best of `repeats`: robust to load from other processes)."""
     fwd = {i: [] for i in range(len(model.layers))}
     bwd = {i: [] for i in range(len(model.layers))}
     for _ in range(repeats):
@@ -101,8 +101,8 @@ def profile(model, loss, x: np.ndarray, labels: np.ndarray, repeats: int = 20) -
             g = model.layers[i].backward(g)
             bwd[i].append(time.perf_counter() - t0)
     for i, layer in enumerate(model.layers):
-        print(f"  {i:2d} {layer.describe():55s} fwd {1e3 * np.median(fwd[i]):6.2f} ms  "
-              f"bwd {1e3 * np.median(bwd[i]):6.2f} ms")
+        print(f"  {i:2d} {layer.describe():55s} fwd {1e3 * min(fwd[i]):6.2f} ms  "
+              f"bwd {1e3 * min(bwd[i]):6.2f} ms")
 
 
 def main() -> None:

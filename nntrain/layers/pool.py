@@ -99,20 +99,24 @@ class _Pool2D(Layer):
         return (sh, sw) == (kh, kw) and ph == pw == 0 and h % kh == 0 and w % kw == 0
 
     def _grad_input(self, grad: np.ndarray, contribution) -> np.ndarray:
-        """Assemble dx from per-offset contributions `contribution(o, out)` (written into `out`)."""
+        """Assemble dx from per-offset contributions `contribution(o, grad, out)` (written into `out`)."""
         n, c, h, w = self._in_shape
         ph, pw = self.padding
-        cl = is_channels_last(grad) or self._channels_last
+        cl = self._channels_last
+        if is_channels_last(grad) != cl:   # e.g. grad from flatten: match the forward layout (one cheap copy)
+            grad_cl = empty_in_layout(grad.shape, grad.dtype, cl)
+            grad_cl[...] = grad
+            grad = grad_cl
         _, _, views = self._geom
         if self._tiles_exactly(h, w):
             dx = empty_in_layout((n, c, h, w), grad.dtype, cl)
             for o, index in views:
-                contribution(o, dx[index])
+                contribution(o, grad, dx[index])
             return dx
         dxp = empty_in_layout((n, c, h + 2 * ph, w + 2 * pw), grad.dtype, cl, 0.0)
         tmp = np.empty_like(grad)
         for o, index in views:
-            contribution(o, tmp)
+            contribution(o, grad, tmp)
             dxp[index] += tmp
         return dxp[:, :, ph:ph + h, pw:pw + w]
 
@@ -149,8 +153,8 @@ class MaxPool2D(_Pool2D):
     def backward(self, grad: np.ndarray) -> np.ndarray:
         idx = self._idx
 
-        def contribution(o: int, out: np.ndarray) -> None:
-            np.multiply(grad, idx == o, out=out)
+        def contribution(o: int, g: np.ndarray, out: np.ndarray) -> None:
+            np.multiply(g, idx == o, out=out)
 
         return self._grad_input(grad, contribution)
 
@@ -166,16 +170,12 @@ class AvgPool2D(_Pool2D):
         self._in_shape, self._channels_last = x.shape, is_channels_last(x)
         n, c = x.shape[:2]
         y = empty_in_layout((n, c, oh, ow), x.dtype, self._channels_last)
-        np.add(xp[views[0][1]], xp[views[1][1]], out=y) if len(views) > 1 else np.copyto(y, xp[views[0][1]])
-        for _, index in views[2:]:
+        np.copyto(y, xp[views[0][1]])
+        for _, index in views[1:]:
             y += xp[index]
         y *= 1.0 / len(views)
         return y
 
     def backward(self, grad: np.ndarray) -> np.ndarray:
         share = grad * (1.0 / len(self._geom[2]))
-
-        def contribution(o: int, out: np.ndarray) -> None:
-            np.copyto(out, share)
-
-        return self._grad_input(grad, contribution)
+        return self._grad_input(share, lambda o, g, out: np.copyto(out, g))
