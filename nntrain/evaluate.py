@@ -6,23 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nntrain.data import iterate_batches
 from nntrain.losses import SoftmaxCrossEntropy
 from nntrain.model import Model
-
-
-def normalize_batch(images: np.ndarray, mean: np.ndarray | None, std: np.ndarray | None,
-                    dtype: np.dtype = np.float32, transform=None) -> np.ndarray:
-    """uint8 images (n, C, H, W) -> float (n, C, H, W): x/255, optional `transform` on the [0,1] batch,
-    then (x - mean) / std per channel. One batch at a time, so a dataset is never held as float."""
-    dtype = np.dtype(dtype)
-    x = images.astype(dtype)
-    x *= dtype.type(1.0 / 255.0)
-    if transform is not None:
-        x = transform(x)
-    if mean is not None:
-        x -= np.asarray(mean, dtype=x.dtype).reshape(1, -1, 1, 1)
-        x /= np.asarray(std, dtype=x.dtype).reshape(1, -1, 1, 1)
-    return x
 
 
 @dataclass
@@ -53,12 +39,13 @@ def evaluate(model: Model, loss: SoftmaxCrossEntropy, images: np.ndarray, labels
     n = len(labels)
     probs = np.empty((n, model.output_shape[0]), dtype=model.dtype)
     total = 0.0
-    for start in range(0, n, batch_size):
-        sl = slice(start, start + batch_size)
-        x = normalize_batch(images[sl], mean, std, model.dtype, transform)
+    start = 0
+    for x, y in iterate_batches(images, labels, batch_size, mean=mean, std=std, transform=transform,
+                                dtype=model.dtype):
         z = model.forward(x, train=False)
-        total += loss.forward(z, labels[sl]) * len(x)
-        probs[sl] = loss.probabilities()
+        total += loss.forward(z, y) * len(y)
+        probs[start:start + len(y)] = loss.probabilities()
+        start += len(y)
     preds = probs.argmax(axis=1) if n else np.zeros(0, dtype=np.int64)
     acc = float((preds == labels).mean()) if n else float("nan")
     return Evaluation(total / n if n else float("nan"), acc, probs, preds, np.asarray(labels))

@@ -25,7 +25,8 @@ from tqdm import tqdm
 from nntrain.atomic import atomic_write_text
 from nntrain.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from nntrain.errors import CheckpointError, ConfigError, NNTrainError, NumericalError
-from nntrain.evaluate import evaluate, normalize_batch
+from nntrain.data import iterate_batches, num_batches
+from nntrain.evaluate import evaluate
 from nntrain.losses import build_loss
 from nntrain.model import Model, build_model
 
@@ -198,25 +199,23 @@ class Trainer:
         if s.batch == 0:
             s.epoch_shuffle_state = self.shuffle_rng.bit_generator.state
             s.sums = {"loss": 0.0, "correct": 0, "count": 0, "seconds": 0.0}
-            perm = self.shuffle_rng.permutation(n)
-        else:  # resuming mid-epoch: redraw this epoch's permutation from its saved start state
-            rng = np.random.default_rng()
-            rng.bit_generator.state = s.epoch_shuffle_state
-            perm = rng.permutation(n)
-        n_batches = math.ceil(n / bs)
+            order_rng = self.shuffle_rng
+        else:  # resuming mid-epoch: redraw this epoch's order from the Generator state it started with
+            order_rng = np.random.default_rng()
+            order_rng.bit_generator.state = s.epoch_shuffle_state
+        n_batches = num_batches(n, bs)
         transform = None
         if self.augment is not None:
             aug, aug_rng = self.augment, self.augment_rng
             transform = lambda x: aug(x, aug_rng)  # noqa: E731
+        batches = iterate_batches(self.train_x, self.train_y, bs, rng=order_rng, mean=self.mean, std=self.std,
+                                  transform=transform, start_batch=s.batch)
         bar = tqdm(total=n_batches, initial=s.batch, desc=f"epoch {epoch + 1}/{self.cfg['train']['epochs']}",
                    leave=False, unit="batch", disable=None if self.progress is None else not self.progress,
                    dynamic_ncols=True)
         t0 = time.perf_counter()
         try:
-            for b in range(s.batch, n_batches):
-                idx = perm[b * bs:(b + 1) * bs]
-                x = normalize_batch(self.train_x[idx], self.mean, self.std, np.float32, transform)
-                y = self.train_y[idx]
+            for b, (x, y) in enumerate(batches, start=s.batch):
                 z = self.model.forward(x, train=True)
                 value = self.loss.forward(z, y)
                 if not math.isfinite(value):
