@@ -26,7 +26,12 @@ Examples:
 
 
 def _set_threads(argv: list[str]) -> None:
-    """Apply `--threads N` to the BLAS/OpenMP pools; must happen before NumPy is first imported."""
+    """Apply `--threads N` to the BLAS/OpenMP pools; must happen before NumPy is first imported.
+
+    gradcheck defaults to one thread: its float64 products are tiny, and threads only add overhead.
+    """
+    if "gradcheck" in argv and not any(a.startswith("--threads") for a in argv):
+        argv = ["--threads", "1"] + list(argv)
     for i, arg in enumerate(argv):
         value = None
         if arg == "--threads" and i + 1 < len(argv):
@@ -205,7 +210,7 @@ def gradcheck(config: str, overrides: tuple[str, ...], full: bool, samples: int,
     failed = [r for r in rows if not r.passed]
     if failed:
         click.echo(f"gradcheck FAILED for {len(failed)} tensor(s): "
-                   + ", ".join(f"layer {r.layer} {r.tensor}" for r in failed), err=True)
+                   + ", ".join(r.name for r in failed), err=True)
         sys.exit(1)
     click.echo("gradcheck passed")
 

@@ -122,7 +122,7 @@ class Optimizer:
         self.lr = float(lr)
 
 
-_LR = Option("float", default=1e-3, minimum=0.0, doc="learning rate (> 0)")
+_LR = Option("float", default=1e-3, minimum=0.0, exclusive_min=True, doc="learning rate (> 0)")
 _WD = Option("float", default=0.0, minimum=0.0, doc="L2 penalty added to the gradient: g + wd·p")
 
 

@@ -38,6 +38,7 @@ class Option:
     minimum: float | None = None
     maximum: float | None = None
     exclusive_max: bool = False
+    exclusive_min: bool = False
     choices: tuple[str, ...] | None = None
     nullable: bool = False
     length: int | None = None
@@ -56,9 +57,10 @@ class Option:
         if self.choices:
             what = "one of " + ", ".join(self.choices)
         if self.minimum is not None and self.maximum is not None:
-            what += f" in [{self.minimum}, {self.maximum}{')' if self.exclusive_max else ']'}"
+            what += (f" in {'(' if self.exclusive_min else '['}{self.minimum}, "
+                     f"{self.maximum}{')' if self.exclusive_max else ']'}")
         elif self.minimum is not None:
-            what += f" >= {self.minimum}"
+            what += f" {'>' if self.exclusive_min else '>='} {self.minimum}"
         elif self.maximum is not None:
             what += f" {'<' if self.exclusive_max else '<='} {self.maximum}"
         if self.nullable:
@@ -66,7 +68,7 @@ class Option:
         return what
 
     def _bounded(self, v: float) -> bool:
-        if self.minimum is not None and v < self.minimum:
+        if self.minimum is not None and (v <= self.minimum if self.exclusive_min else v < self.minimum):
             return False
         if self.maximum is not None and (v >= self.maximum if self.exclusive_max else v > self.maximum):
             return False
@@ -130,6 +132,6 @@ def validate_options(options: Mapping[str, Option], given: Mapping[str, Any], wh
             values[key] = opt.validate(given[key], key)
         elif opt.required:
             raise ConfigError(f"missing required option '{key}' ({opt.describe()})", key)
-        else:
-            values[key] = opt.default
+        else:  # defaults go through the same normalisation as given values (a pair default 1 -> (1, 1))
+            values[key] = opt.default if opt.default is None else opt.validate(opt.default, key)
     return values

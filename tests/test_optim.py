@@ -175,7 +175,7 @@ def test_load_state_dict_is_strict():
 
 @pytest.mark.parametrize("spec,path,words", [
     ({"type": "sgd", "lr": 0}, "optimizer.lr", "> 0"),
-    ({"type": "sgd", "lr": -0.1}, "optimizer.lr", ">= 0"),
+    ({"type": "sgd", "lr": -0.1}, "optimizer.lr", "> 0.0"),
     ({"type": "sgd", "lr": "fast"}, "optimizer.lr", "a number"),
     ({"type": "sgd", "lr": 0.1, "nesterov": True}, "optimizer.nesterov", "momentum > 0"),
     ({"type": "sgd", "lr": 0.1, "momentum": 0.9, "dampening": 0.1, "nesterov": True}, "optimizer.nesterov",

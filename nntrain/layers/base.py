@@ -127,7 +127,7 @@ def layer_from_spec(spec: Any, path: str = "layer") -> Layer:
     if "type" not in spec:
         raise ConfigError("a layer needs a 'type' key; known types: " + ", ".join(sorted(REGISTRY)), path)
     name = spec["type"]
-    if name not in REGISTRY:
+    if not isinstance(name, str) or name not in REGISTRY:
         close = difflib.get_close_matches(str(name), REGISTRY, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ConfigError(f"unknown layer type {name!r}{hint}; known types: {', '.join(sorted(REGISTRY))}",
