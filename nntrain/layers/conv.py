@@ -38,6 +38,10 @@ def window_view(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int]
                       (sN, stride[0] * sH, stride[1] * sW, sH, sW, sC), writeable=False)
 
 
+# Inputs with at most this many channels use the planar column layout (see Conv2D._buffers).
+PLANAR_MAX_CHANNELS = 4
+
+
 @register("conv2d")
 class Conv2D(Layer):
     """x: (N, C, H, W) -> y: (N, O, OH, OW), y = b + Σ_{c,a,b} W[o, c, a, b] · xpad[n, c, i·sh + a, j·sw + b].
@@ -80,32 +84,45 @@ class Conv2D(Layer):
                                        init_rng, self.dtype, self.init_std))
         if self.bias:
             self.add_param("b", np.zeros(o))
-        self._xp: np.ndarray | None = None     # padded channels-last input, reused across batches
-        self._cols: np.ndarray | None = None   # column matrix, reused across batches
+        self._xp: np.ndarray | None = None     # padded input, reused across batches of one shape
+        self._cols: np.ndarray | None = None   # column matrix, reused likewise
 
-    def _buffers(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The padded input and column buffers for x's shape and dtype (re-made only when they change)."""
+    def _buffers(self, x: np.ndarray, oh: int, ow: int) -> tuple[np.ndarray, np.ndarray]:
+        """The padded input and column buffers for x's shape and dtype (re-made only when they change).
+
+        Channels-last (C > PLANAR_MAX_CHANNELS): xp (N, Hp, Wp, C), cols (N·OH·OW, kh·kw·C).
+        Planar (few channels): xp (C, N, Hp, Wp), colsᵀ (kh·kw·C, N·OH·OW); one column row would be
+        only C floats wide, so each kernel offset is instead copied as a whole plane (≈7x faster for C=1).
+        """
         n, c, h, w = x.shape
         (ph, pw), (kh, kw) = self.padding, self.kernel_size
-        shape = (n, h + 2 * ph, w + 2 * pw, c)
+        planar = c <= PLANAR_MAX_CHANNELS
+        shape = (c, n, h + 2 * ph, w + 2 * pw) if planar else (n, h + 2 * ph, w + 2 * pw, c)
         if self._xp is None or self._xp.shape != shape or self._xp.dtype != x.dtype:
             self._xp = np.zeros(shape, dtype=x.dtype)  # the border stays zero: only the interior is written
-            oh = conv_output_size(h, kh, self.stride[0], ph)
-            ow = conv_output_size(w, kw, self.stride[1], pw)
-            self._cols = np.empty((n * oh * ow, kh * kw * c), dtype=x.dtype)
+            cols = (kh * kw * c, n * oh * ow) if planar else (n * oh * ow, kh * kw * c)
+            self._cols = np.empty(cols, dtype=x.dtype)
         return self._xp, self._cols
 
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         n, c, h, w = x.shape
-        (ph, pw), (kh, kw), stride = self.padding, self.kernel_size, self.stride
-        oh, ow = conv_output_size(h, kh, stride[0], ph), conv_output_size(w, kw, stride[1], pw)
-        xp, cols = self._buffers(x)
-        xp[:, ph:ph + h, pw:pw + w, :] = channels_last(x)
-        np.copyto(cols.reshape(n, oh, ow, kh, kw, c), window_view(xp, (kh, kw), stride, (oh, ow)))
-        self._in_shape = x.shape
-        # Wm[(a, b, c), o] = W[o, c, a, b], matching the (kh, kw, C) order of a column row.
+        (ph, pw), (kh, kw), (sh, sw) = self.padding, self.kernel_size, self.stride
+        oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
+        xp, cols = self._buffers(x, oh, ow)
+        self._in_shape, self._planar = x.shape, c <= PLANAR_MAX_CHANNELS
+        # Wm[(a, b, c), o] = W[o, c, a, b], matching the (kh, kw, C) order of a column.
         wm = self.params["W"].transpose(2, 3, 1, 0).reshape(kh * kw * c, self.out_channels)
-        y = cols @ wm
+        if self._planar:
+            xp[:, :, ph:ph + h, pw:pw + w] = x.transpose(1, 0, 2, 3)
+            planes = cols.reshape(kh, kw, c, n, oh, ow)
+            for a in range(kh):
+                for b in range(kw):
+                    planes[a, b] = xp[:, :, a:a + sh * (oh - 1) + 1:sh, b:b + sw * (ow - 1) + 1:sw]
+            y = cols.T @ wm
+        else:
+            xp[:, ph:ph + h, pw:pw + w, :] = channels_last(x)
+            np.copyto(cols.reshape(n, oh, ow, kh, kw, c), window_view(xp, (kh, kw), (sh, sw), (oh, ow)))
+            y = cols @ wm
         if self.bias:
             y += self.params["b"]
         return y.reshape(n, oh, ow, self.out_channels).transpose(0, 3, 1, 2)
@@ -116,11 +133,12 @@ class Conv2D(Layer):
         o = self.out_channels
         _, _, oh, ow = grad.shape
         g = channels_last(grad).reshape(n * oh * ow, o)   # free when grad is channels-last memory
-        # dW[o, c, a, b] = Σ_rows g[row, o] · cols[row, (a, b, c)]
-        gw = (g.T @ self._cols).reshape(o, kh, kw, c)
-        np.copyto(self.grads["W"], gw.transpose(0, 3, 1, 2))
-        if self.bias:
-            np.sum(g, axis=0, out=self.grads["b"])
+        # dW[o, c, a, b] = Σ_rows cols[row, (a, b, c)] · g[row, o]
+        cols_t = self._cols if self._planar else self._cols.T
+        gw = (cols_t @ g).reshape(kh, kw, c, o)
+        np.copyto(self.grads["W"], gw.transpose(3, 2, 0, 1))
+        if self.bias:   # Σ_rows g as a GEMV: ~10x faster than g.sum(axis=0) on a tall (rows, O) array
+            np.copyto(self.grads["b"], np.ones(g.shape[0], dtype=g.dtype) @ g)
         self.apply_weight_decay()
         if self.skip_input_grad:
             return None
