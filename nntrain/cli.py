@@ -122,13 +122,20 @@ set_option = click.option("-s", "--set", "overrides", multiple=True, metavar="KE
 @click.option("--init-from", type=click.Path(dir_okay=False), default=None,
               help="Start from the weights of this checkpoint (fresh optimizer state).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: only on a terminal).")
+@click.option("--show-augment", is_flag=True,
+              help="Only write the augmentation preview (<name>-augment.png here) and exit, like augment-preview.")
 @handle_errors
 def train(config: str, overrides: tuple[str, ...], resume: str | None, force: bool, run_dir: str | None,
-          init_from: str | None, progress: bool | None) -> None:
+          init_from: str | None, progress: bool | None, show_augment: bool = False) -> None:
     """Train the model described by CONFIG; prints the run folder."""
     from nntrain.train import Trainer, train as run_training
 
     cfg = _load(config, overrides)
+    if show_augment:
+        from nntrain.preview import write_augment_preview
+
+        click.echo(str(write_augment_preview(cfg)))
+        return
     if resume:
         _check_resume_config(cfg, Path(resume), force)
 
@@ -266,7 +273,8 @@ def eval_cmd(target: str, split: str, batch_size: int, data_root: str | None, pe
     """Loss, accuracy, per-class accuracy and confusion matrix of a trained run.
 
     Writes eval/metrics.json, eval/confusion.csv, plots/confusion.png and plots/misclassified.png
-    (and plots/robustness.png with --perturb).
+    (and plots/robustness.png with --perturb), plus plots/kernels.png (first conv layer's kernels)
+    or plots/weights.png (an MLP's first-layer weights as images), whichever applies.
 
     \b
     Examples:
@@ -283,6 +291,77 @@ def eval_cmd(target: str, split: str, batch_size: int, data_root: str | None, pe
     click.echo(report.format())
     for path in report.save(Path(out) if out else run.out_dir):
         click.echo(f"wrote {path}", err=True)
+    from nntrain.inspect import save_model_figures
+
+    for path in save_model_figures(run.model, (Path(out) if out else run.out_dir) / "plots"):
+        click.echo(f"wrote {path}", err=True)
+
+
+@cli.command("augment-preview")
+@click.argument("config", type=click.Path(dir_okay=False))
+@set_option
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="PNG to write (default: <name>-augment.png in the current folder).")
+@click.option("-n", "--num", "num", type=click.IntRange(min=1, max=64), default=8, show_default=True,
+              help="Training images shown (columns).")
+@click.option("--variants", type=click.IntRange(min=1, max=16), default=3, show_default=True,
+              help="Augmented versions of each (rows).")
+@handle_errors
+def augment_preview_cmd(config: str, overrides: tuple[str, ...], out: str | None, num: int, variants: int) -> None:
+    """Write a grid of training images (top row) and augmented versions of them; prints its path.
+
+    \b
+    Examples:
+      nntrain augment-preview configs/cnn_augment.yaml
+      nntrain augment-preview configs/cifar_cnn.yaml -n 12 --out preview.png
+    """
+    from nntrain.preview import write_augment_preview
+
+    click.echo(str(write_augment_preview(_load(config, overrides), out, n=num, variants=variants)))
+
+
+@cli.command()
+@click.argument("runs", metavar="RUN_DIR...", nargs=-1, required=True, type=click.Path())
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder for compare.md and compare.png (default: comparisons/compare-<timestamp>/).")
+@handle_errors
+def compare(runs: tuple[str, ...], out: str | None) -> None:
+    """One table of several runs (config keys that differ, best val acc, test acc, robustness from
+    eval, epochs, median seconds per epoch) and their loss/accuracy curves overlaid.
+
+    \b
+    Examples:
+      nntrain compare runs/mnist-mlp-20261125-101500 runs/mnist-cnn-20261125-103000
+      nntrain compare runs/cnn-plain-* runs/cnn-augment-* --out comparisons/augment
+    """
+    from nntrain.compare import compare_runs, default_out_dir, save_comparison
+
+    comp = compare_runs(runs)
+    click.echo(comp.markdown())
+    for path in save_comparison(comp, Path(out) if out else default_out_dir()):
+        click.echo(f"wrote {path}", err=True)
+
+
+@cli.command()
+@click.argument("target", metavar="RUN_DIR_OR_CHECKPOINT", type=click.Path())
+@click.argument("images", metavar="IMAGE...", nargs=-1, required=True, type=click.Path())
+@click.option("--invert/--no-invert", default=None,
+              help="Invert the images (default: automatic for MNIST-style datasets: invert dark strokes on a "
+                   "light background).")
+@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, help="Classes shown per image.")
+@handle_errors
+def predict(target: str, images: tuple[str, ...], invert: bool | None, top: int) -> None:
+    """Classify PNG/JPEG files with a trained model: the top classes with probabilities for each.
+
+    \b
+    Examples:
+      nntrain predict runs/mnist-cnn-20261125-101500 my_digit.png
+      nntrain predict runs/cifar-cnn-20261126-090000/checkpoints/best.npz cat.jpg ship.jpg --top 5
+    """
+    from nntrain.predict import format_predictions, predict_files
+    from nntrain.runs import load_run
+
+    click.echo(format_predictions(predict_files(load_run(target), images, invert, top)))
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from nntrain.atomic import atomic_write_bytes
 
@@ -92,3 +93,68 @@ def plot_robustness(results: dict[str, list[tuple[float, float]]], path: Path) -
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
     save_figure(fig, path)
+
+
+def tile_grid(tiles: np.ndarray, titles: Sequence[str], path: Path, cols: int = 8, tile_px: int = 100,
+              signed: bool = False) -> tuple[int, int]:
+    """Tile float images into a PNG of exactly (cols·tile_px, rows·tile_px) pixels; returns (width, height).
+
+    tiles: (n, H, W) grey or (n, H, W, 3) RGB, values in [0, 1]; with `signed`, grey tiles hold values
+    in [-1, 1] drawn with a diverging map (blue negative, white zero, red positive). No tight bounding
+    box, so the pixel size is known in advance (tests and pages can rely on it).
+    """
+    n = len(tiles)
+    cols = max(1, min(cols, n))
+    rows = max(1, math.ceil(n / cols))
+    dpi = 100
+    fig = Figure(figsize=(cols * tile_px / dpi, rows * tile_px / dpi), dpi=dpi)
+    for i in range(n):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if tiles.ndim == 4:
+            ax.imshow(np.clip(tiles[i], 0.0, 1.0), interpolation="nearest")
+        elif signed:
+            ax.imshow(tiles[i], cmap="RdBu_r", vmin=-1.0, vmax=1.0, interpolation="nearest")
+        else:
+            ax.imshow(tiles[i], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        if i < len(titles):
+            ax.set_title(titles[i], fontsize=6, pad=2)
+    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.14 / rows, bottom=0.01, wspace=0.1, hspace=0.25)
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    atomic_write_bytes(path, buf.getvalue())
+    return cols * tile_px, rows * tile_px
+
+
+def plot_compare(curves: Sequence[tuple[str, Sequence[dict]]], path: Path) -> tuple[int, int]:
+    """Overlaid loss and accuracy curves of several runs (one colour per run; train dashed, val solid).
+
+    curves: (label, metrics.csv rows) per run. The PNG is exactly 1300 x 500 pixels; returns (width, height).
+    """
+    fig = Figure(figsize=(13, 5), dpi=100)
+    axes = [fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)]
+    colours = [f"C{i % 10}" for i in range(len(curves))]
+    for (label, history), colour in zip(curves, colours):
+        epochs = [int(r["epoch"]) for r in history]
+        for ax, metric in zip(axes, ("loss", "acc")):
+            for split, style in (("train", "--"), ("val", "-")):
+                values = _column(history, f"{split}_{metric}")
+                if values and not all(math.isnan(v) for v in values):
+                    ax.plot(epochs, values, style, color=colour, marker="o", markersize=2.5,
+                            label=f"{label} ({split})")
+    for ax, name in zip(axes, ("cross-entropy loss", "accuracy")):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.set_title(f"{name}: train dashed, val solid", fontsize=9)
+        ax.grid(alpha=0.3)
+    if curves:
+        axes[1].legend(fontsize=7, loc="lower right")
+    fig.subplots_adjust(left=0.06, right=0.99, top=0.93, bottom=0.1, wspace=0.2)
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    atomic_write_bytes(path, buf.getvalue())
+    return 1300, 500
