@@ -38,6 +38,14 @@ def window_view(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int]
                       (sN, stride[0] * sH, stride[1] * sW, sH, sW, sC), writeable=False)
 
 
+def _landing(a: int, stride: int, pad: int, out: int, size: int) -> tuple[slice, slice]:
+    """For kernel offset a along one axis: (output positions i whose input position i·stride + a - pad
+    lies inside [0, size), the input positions they land on) as slices."""
+    first = max(0, -(-(pad - a) // stride))                        # ceil((pad - a) / stride), at least 0
+    stop = max(first, min(out, -(-(size + pad - a) // stride)))    # i·stride + a - pad < size
+    return slice(first, stop), slice(first * stride + a - pad, (stop - 1) * stride + a - pad + 1, stride)
+
+
 # Inputs with at most this many channels use the planar column layout (see Conv2D._buffers).
 PLANAR_MAX_CHANNELS = 4
 
@@ -143,16 +151,25 @@ class Conv2D(Layer):
         if self.skip_input_grad:
             return None
         # dx by col2im. One batched GEMM gives, per kernel offset (a, b), the contiguous block
-        # d[a, b] = g · W[:, :, a, b] (N·OH·OW, C); each is added to the strided window of dxp that offset
-        # (a, b) read in forward. Measured ~25% faster than one (N·OH·OW, kh·kw·C) GEMM whose column
-        # slices are scattered (their 32-float runs make the adds slow).
+        # d[a, b] = g · W[:, :, a, b]ᵀ (N, OH, OW, C), which lands on the input pixels
+        # (i·sh + a - ph, j·sw + b - pw); each offset adds its in-bounds part to dx. Measured ~25% faster
+        # than one (N·OH·OW, kh·kw·C) GEMM whose scattered 32-float column slices make the adds slow.
         wb = self.params["W"].transpose(2, 3, 0, 1).reshape(kh * kw, o, c)
         d = np.matmul(g, wb).reshape(kh, kw, n, oh, ow, c)
-        dxp = np.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=d.dtype)
-        for a in range(kh):
-            for b in range(kw):
-                dxp[:, a:a + sh * (oh - 1) + 1:sh, b:b + sw * (ow - 1) + 1:sw, :] += d[a, b]
-        return dxp[:, ph:ph + h, pw:pw + w, :].transpose(0, 3, 1, 2)
+        rows = [_landing(a, sh, ph, oh, h) for a in range(kh)]
+        cols = [_landing(b, sw, pw, ow, w) for b in range(kw)]
+        full = (slice(0, oh), slice(0, h, 1)), (slice(0, ow), slice(0, w, 1))
+        if (sh, sw) == (1, 1) and ph < kh and pw < kw and (rows[ph], cols[pw]) == full:
+            dx = d[ph, pw]   # the centre offset covers every pixel once: it starts the sum (d is ours)
+            skip = (ph, pw)
+        else:
+            dx = np.zeros((n, h, w, c), dtype=d.dtype)
+            skip = None
+        for a, (src_i, dst_i) in enumerate(rows):
+            for b, (src_j, dst_j) in enumerate(cols):
+                if (a, b) != skip and src_i.stop > src_i.start and src_j.stop > src_j.start:
+                    dx[:, dst_i, dst_j, :] += d[a, b, :, src_i, src_j, :]
+        return dx.transpose(0, 3, 1, 2)
 
     def flops(self, input_shape: Shape) -> int:
         c = input_shape[0]
