@@ -55,6 +55,16 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{path} is a folder, not a checkpoint file (expected a .npz file)")
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {e.strerror or e}") from None
+    if not head:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the file was truncated or never written")
+    if not head.startswith(b"PK"):  # np.load would take anything else for a .npy or a pickle
+        raise CheckpointError(f"{path} is not a .npz archive (it starts with {head!r}, a .npz file with "
+                              "'PK'): not an nntrain checkpoint")
     arrays: dict[str, np.ndarray] = {}
     try:
         with np.load(path, allow_pickle=False) as npz:
