@@ -100,27 +100,34 @@ def tile_grid(tiles: np.ndarray, titles: Sequence[str], path: Path, cols: int = 
     """Tile float images into a PNG of exactly (cols·tile_px, rows·tile_px) pixels; returns (width, height).
 
     tiles: (n, H, W) grey or (n, H, W, 3) RGB, values in [0, 1]; with `signed`, grey tiles hold values
-    in [-1, 1] drawn with a diverging map (blue negative, white zero, red positive). No tight bounding
-    box, so the pixel size is known in advance (tests and pages can rely on it).
+    in [-1, 1] drawn with a diverging map (blue negative, white zero, red positive). One axes holds
+    every tile (fast for 64 tiles); no tight bounding box, so the pixel size is known in advance.
     """
     n = len(tiles)
     cols = max(1, min(cols, n))
     rows = max(1, math.ceil(n / cols))
     dpi = 100
     fig = Figure(figsize=(cols * tile_px / dpi, rows * tile_px / dpi), dpi=dpi)
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+    ax.set_xlim(0, cols)
+    ax.set_ylim(rows, 0)
+    ax.axis("off")
+    title_h = 0.16 if len(titles) else 0.04
     for i in range(n):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        ax.set_xticks([])
-        ax.set_yticks([])
+        r, c = divmod(i, cols)
+        extent = (c + 0.06, c + 0.94, r + 0.97, r + title_h)
         if tiles.ndim == 4:
-            ax.imshow(np.clip(tiles[i], 0.0, 1.0), interpolation="nearest")
+            ax.imshow(np.clip(tiles[i], 0.0, 1.0), extent=extent, interpolation="nearest", aspect="auto")
         elif signed:
-            ax.imshow(tiles[i], cmap="RdBu_r", vmin=-1.0, vmax=1.0, interpolation="nearest")
+            ax.imshow(tiles[i], cmap="RdBu_r", vmin=-1.0, vmax=1.0, extent=extent, interpolation="nearest",
+                      aspect="auto")
         else:
-            ax.imshow(tiles[i], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.imshow(tiles[i], cmap="gray", vmin=0.0, vmax=1.0, extent=extent, interpolation="nearest",
+                      aspect="auto")
         if i < len(titles):
-            ax.set_title(titles[i], fontsize=6, pad=2)
-    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.14 / rows, bottom=0.01, wspace=0.1, hspace=0.25)
+            ax.text(c + 0.5, r + title_h - 0.02, titles[i], ha="center", va="bottom", fontsize=6)
+    ax.set_xlim(0, cols)
+    ax.set_ylim(rows, 0)
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
