@@ -68,16 +68,15 @@ def test_train_then_eval_cycle(tmp_path: Path, config_file: Path) -> None:
     assert json.loads((away / "eval" / "metrics.json").read_text())["samples"] == 500
 
 
-def test_default_run_folder_is_unique(tmp_path: Path, config_file: Path) -> None:
-    runner = CliRunner()
-    with runner.isolated_filesystem(temp_dir=tmp_path):
-        folders = []
-        for _ in range(2):
-            result = runner.invoke(cli, ["train", str(config_file), "-s", "train.epochs=1", "--no-progress"])
-            assert result.exit_code == 0, result.output
-            folders.append(result.stdout.strip().splitlines()[-1])
-        assert folders[0] != folders[1]
-        assert all(Path(f).parent.name == "runs" and Path(f).name.startswith("tiny-") for f in folders)
+def test_default_run_folder_is_unique(tmp_path: Path, config_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    folders = []
+    for _ in range(2):  # two runs in the same second
+        result = CliRunner().invoke(cli, ["train", str(config_file), "-s", "train.epochs=1", "--no-progress"])
+        assert result.exit_code == 0, result.output
+        folders.append(result.stdout.strip().splitlines()[-1])
+    assert folders[0] != folders[1]
+    assert all(Path(f).parent.name == "runs" and Path(f).name.startswith("tiny-") for f in folders)
 
 
 def test_overrides_and_print_config(config_file: Path) -> None:
