@@ -35,6 +35,33 @@ class Checkpoint:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _has_end_record(path: Path) -> bool:
+    """Whether the zip end-of-central-directory record is where it belongs (a truncated file lacks it)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 22 - 65535))
+            tail = f.read()
+    except OSError:
+        return False
+    at = tail.rfind(b"PK\x05\x06")
+    return at >= 0 and len(tail) - at >= 22
+
+
+def _bad_crc_member(path: Path) -> str | None:
+    """The first archive entry whose CRC does not match (a damaged array header fails to parse before the
+    CRC at its end is checked), or None."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.testzip()
+    except Exception:  # noqa: BLE001 - only a better message is at stake
+        return None
+
+
 def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
     """Write `ckpt` atomically to `path` (temporary file, fsync, rename)."""
     arrays: dict[str, np.ndarray] = {}
@@ -62,9 +89,11 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"checkpoint {path} cannot be read: {e.strerror or e}") from None
     if not head:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the file was truncated or never written")
-    if not head.startswith(b"PK"):  # np.load would take anything else for a .npy or a pickle
+    if len(head) < 4 and _ZIP_MAGIC.startswith(head):
+        raise CheckpointError(f"checkpoint {path} is truncated: only {len(head)} bytes")
+    if head != _ZIP_MAGIC:  # np.load would take anything else for a .npy or a pickle
         raise CheckpointError(f"{path} is not a .npz archive (it starts with {head!r}, a .npz file with "
-                              "'PK'): not an nntrain checkpoint")
+                              f"{_ZIP_MAGIC!r}): not an nntrain checkpoint")
     arrays: dict[str, np.ndarray] = {}
     try:
         with np.load(path, allow_pickle=False) as npz:
@@ -74,12 +103,24 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         if "allow_pickle" in str(e) or "Object arrays" in str(e):
             raise CheckpointError(f"checkpoint {path} contains object arrays, which could run code when "
                                   "loaded; refused (nntrain checkpoints hold only numeric arrays)") from None
+        bad = _bad_crc_member(path)
+        if bad:
+            raise CheckpointError(f"checkpoint {path} is corrupt (a checksum does not match in entry '{bad}': "
+                                  f"flipped bytes?): {e}") from None
         raise CheckpointError(f"checkpoint {path} is corrupt or not an nntrain checkpoint ({e})") from None
     except zipfile.BadZipFile as e:
-        kind = "corrupt (a checksum does not match: flipped bytes?)" if "CRC" in str(e) else \
-            "truncated or not a .npz archive"
+        if "CRC" in str(e):
+            kind = "corrupt (a checksum does not match: flipped bytes?)"
+        elif not _has_end_record(path):
+            kind = "truncated (the end of the .npz archive is missing)"
+        else:
+            kind = "corrupt (its zip directory is damaged)"
         raise CheckpointError(f"checkpoint {path} is {kind}: {e}") from None
     except Exception as e:  # noqa: BLE001 - any parse failure of an untrusted file is a bad checkpoint
+        bad = _bad_crc_member(path)
+        if bad:
+            raise CheckpointError(f"checkpoint {path} is corrupt (a checksum does not match in entry '{bad}': "
+                                  f"flipped bytes?): {type(e).__name__}: {e}") from None
         raise CheckpointError(f"checkpoint {path} could not be read ({type(e).__name__}: {e}); "
                               "it is truncated or corrupt") from None
     if META_KEY not in arrays:
