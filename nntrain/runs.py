@@ -62,7 +62,10 @@ def load_run(target: str | Path) -> LoadedRun:
 
     info = dataset_info(cfg["data"]["dataset"])
     model = build_model(cfg["model"], info.input_shape, seed=cfg["seed"], dtype=np.float32)
-    model.load_state_dict(ckpt.params)
+    try:
+        model.load_state_dict(ckpt.params)
+    except CheckpointError as e:  # weights that do not fit the embedded config: name the file
+        raise CheckpointError(f"checkpoint {path} does not fit its own config: {e}") from None
     mean = ckpt.extra.get("norm_mean")
     std = ckpt.extra.get("norm_std")
     if (mean is None) != (std is None) or (mean is not None and (mean.shape != (info.input_shape[0],)

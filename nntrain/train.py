@@ -179,12 +179,17 @@ class Trainer:
                                   best_value=m["best_value"], best_epoch=m["best_epoch"], bad_epochs=m["bad_epochs"],
                                   epoch_shuffle_state=m["epoch_shuffle_state"], sums=m["sums"],
                                   stopped_early=m.get("stopped_early", False))
+        except CheckpointError as e:  # weights or state of another model: name the file
+            raise CheckpointError(f"cannot resume from {self.ckpt_dir / 'last.npz'}: {e}") from None
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"checkpoint in {self.ckpt_dir} is incomplete or inconsistent ({e})") from None
 
     def _init_weights(self, path: str) -> None:
         ckpt = load_checkpoint(path)
-        self.model.load_state_dict(ckpt.params)
+        try:
+            self.model.load_state_dict(ckpt.params)
+        except CheckpointError as e:  # a checkpoint of another architecture: name the file
+            raise CheckpointError(f"cannot initialise from {path}: {e}") from None
         log.info("initialised weights from %s (fresh optimizer state)", path)
 
     def _save(self, name: str) -> None:
