@@ -98,6 +98,9 @@ def cli(debug: bool, verbose: bool, threads: int | None) -> None:
       nntrain eval runs/quickstart-20261125-101500  test-set metrics and plots
       nntrain gradcheck configs/cnn.yaml            check every gradient numerically
       nntrain print-config configs/cnn.yaml -s optimizer.lr=0.01
+      nntrain augment-preview configs/cnn_augment.yaml   look at the augmentation
+      nntrain compare runs/mnist-mlp-* runs/mnist-cnn-*  one table and overlaid curves
+      nntrain predict runs/mnist-cnn-20261125-101500 digit.png
     """
     _setup_logging(verbose)
 

@@ -33,10 +33,10 @@ class RunRecord:
     history: list[dict]
     test: dict
     robustness: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    label: str = ""
 
-    @property
-    def label(self) -> str:
-        return self.path.name
+    def __post_init__(self) -> None:
+        self.label = self.label or self.path.name
 
     def best_val_acc(self) -> float | None:
         vals = [float(r["val_acc"]) for r in self.history if r.get("val_acc") not in (None, "")]
@@ -245,6 +245,10 @@ def compare_runs(folders: Sequence[str | Path]) -> Comparison:
     if not folders:
         raise NNTrainError("give at least one run folder to compare")
     runs = [read_run(f) for f in folders]
+    names = [r.path.name for r in runs]
+    for r in runs:
+        if names.count(r.path.name) > 1:   # same folder name under different parents: show the path given
+            r.label = str(r.path)
     diffs = config_differences([r.cfg for r in runs])
     levels: dict[str, list[float]] = {}
     for r in runs:

@@ -59,6 +59,8 @@ def test_table_shows_lr_only_and_numbers_from_the_run_files(two_runs):
         assert row[6] == str(test["epochs_trained"]) == "1"
         assert row[7] == f"{statistics.median(float(r['seconds']) for r in hist):.3f}"
     assert comp.rows[0][4:6] == ["0.8125", "0.6875"] and comp.rows[1][4:6] == ["—", "—"]
+    twice = compare_runs([a, a])                      # same folder name twice: labelled by the path given
+    assert [r[0] for r in twice.rows] == [str(a), str(a)] and twice.columns[1] == "best val acc"
     rec = read_run(a)
     assert rec.robustness == {"rotate": [(0.0, 0.8125), (15.0, 0.6875)]}
 

@@ -65,3 +65,17 @@ def test_library_picks_images_with_the_seed(tmp_path):
     assert np.array_equal(np.frombuffer(first.read_bytes(), np.uint8), np.frombuffer(again.read_bytes(), np.uint8))
     with pytest.raises(ConfigError, match="data.augment"):
         write_augment_preview(validate_config(tiny_config()), tmp_path / "c.png")
+
+
+def test_new_commands_show_examples_in_their_help():
+    from click.testing import CliRunner
+
+    from nntrain.cli import cli
+
+    runner = CliRunner()
+    top = runner.invoke(cli, ["--help"]).output
+    for cmd in ("augment-preview", "compare", "predict"):
+        assert cmd in top
+        result = runner.invoke(cli, [cmd, "--help"])
+        assert result.exit_code == 0 and "Example" in result.output, cmd
+    assert "--show-augment" in runner.invoke(cli, ["train", "--help"]).output
