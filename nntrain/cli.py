@@ -294,7 +294,7 @@ def eval_cmd(target: str, split: str, batch_size: int, data_root: str | None, pe
     click.echo(report.format())
     for path in report.save(Path(out) if out else run.out_dir):
         click.echo(f"wrote {path}", err=True)
-    from nntrain.inspect import save_model_figures
+    from nntrain.weight_images import save_model_figures
 
     for path in save_model_figures(run.model, (Path(out) if out else run.out_dir) / "plots"):
         click.echo(f"wrote {path}", err=True)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, tiny_config, write_config
-from nntrain.inspect import image_linear_index, kernel_tiles, save_model_figures, weight_tiles
+from nntrain.weight_images import image_linear_index, kernel_tiles, save_model_figures, weight_tiles
 from nntrain.model import build_model
 
 

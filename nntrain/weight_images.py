@@ -1,5 +1,7 @@
 """Looking inside a trained model: the first conv layer's kernels and an MLP's first-layer weights as images.
 
+(Not named `inspect.py`: that would shadow the standard library's `inspect` when nntrain/cli.py is run as a script.)
+
 `kernel_tiles` and `weight_tiles` turn the model's own arrays into tiles (the numbers a figure shows);
 `save_model_figures` writes plots/kernels.png and/or plots/weights.png, whichever applies to the model.
 """
