@@ -98,9 +98,12 @@ class Conv2D(Layer):
     def _buffers(self, x: np.ndarray, oh: int, ow: int) -> tuple[np.ndarray, np.ndarray]:
         """The padded input and column buffers for x's shape and dtype (re-made only when they change).
 
-        Channels-last (C > PLANAR_MAX_CHANNELS): xp (N, Hp, Wp, C), cols (N·OH·OW, kh·kw·C).
-        Planar (few channels): xp (C, N, Hp, Wp), colsᵀ (kh·kw·C, N·OH·OW); one column row would be
-        only C floats wide, so each kernel offset is instead copied as a whole plane (≈7x faster for C=1).
+        Channels-last (C > PLANAR_MAX_CHANNELS): xp (N, Hp, Wp, C), cols (N·OH·OW, kh·kw·C [+1]).
+        Planar (few channels): xp (C, N, Hp, Wp), colsᵀ (kh·kw·C [+1], N·OH·OW); one column row would
+        be only C floats wide, so each kernel offset is instead copied as a whole plane (≈7x faster for C=1).
+        With a bias, the columns get one more entry that is always 1 and Wm one more row, b: the GEMM
+        then adds the bias (saving a pass over y, ~40% of conv forward time for C=1) and the dW GEMM
+        yields db = Σ g.
         """
         n, c, h, w = x.shape
         (ph, pw), (kh, kw) = self.padding, self.kernel_size
@@ -108,8 +111,10 @@ class Conv2D(Layer):
         shape = (c, n, h + 2 * ph, w + 2 * pw) if planar else (n, h + 2 * ph, w + 2 * pw, c)
         if self._xp is None or self._xp.shape != shape or self._xp.dtype != x.dtype:
             self._xp = np.zeros(shape, dtype=x.dtype)  # the border stays zero: only the interior is written
-            cols = (kh * kw * c, n * oh * ow) if planar else (n * oh * ow, kh * kw * c)
-            self._cols = np.empty(cols, dtype=x.dtype)
+            k = kh * kw * c + (1 if self.bias else 0)
+            self._cols = np.empty((k, n * oh * ow) if planar else (n * oh * ow, k), dtype=x.dtype)
+            if self.bias:   # the constant-1 entry, written once
+                (self._cols[-1] if planar else self._cols[:, -1]).fill(1)
         return self._xp, self._cols
 
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
@@ -118,21 +123,23 @@ class Conv2D(Layer):
         oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
         xp, cols = self._buffers(x, oh, ow)
         self._in_shape, self._planar = x.shape, c <= PLANAR_MAX_CHANNELS
-        # Wm[(a, b, c), o] = W[o, c, a, b], matching the (kh, kw, C) order of a column.
-        wm = self.params["W"].transpose(2, 3, 1, 0).reshape(kh * kw * c, self.out_channels)
+        # Wm[(a, b, c), o] = W[o, c, a, b], matching the (kh, kw, C) order of a column; then b.
+        k = kh * kw * c
+        wm = np.empty((cols.shape[0 if self._planar else 1], self.out_channels), dtype=self.params["W"].dtype)
+        wm[:k] = self.params["W"].transpose(2, 3, 1, 0).reshape(k, self.out_channels)
+        if self.bias:
+            wm[k] = self.params["b"]
         if self._planar:
             xp[:, :, ph:ph + h, pw:pw + w] = x.transpose(1, 0, 2, 3)
-            planes = cols.reshape(kh, kw, c, n, oh, ow)
+            planes = cols[:k].reshape(kh, kw, c, n, oh, ow)
             for a in range(kh):
                 for b in range(kw):
                     planes[a, b] = xp[:, :, a:a + sh * (oh - 1) + 1:sh, b:b + sw * (ow - 1) + 1:sw]
             y = cols.T @ wm
         else:
             xp[:, ph:ph + h, pw:pw + w, :] = channels_last(x)
-            np.copyto(cols.reshape(n, oh, ow, kh, kw, c), window_view(xp, (kh, kw), (sh, sw), (oh, ow)))
+            np.copyto(cols[:, :k].reshape(n, oh, ow, kh, kw, c), window_view(xp, (kh, kw), (sh, sw), (oh, ow)))
             y = cols @ wm
-        if self.bias:
-            y += self.params["b"]
         return y.reshape(n, oh, ow, self.out_channels).transpose(0, 3, 1, 2)
 
     def backward(self, grad: np.ndarray) -> np.ndarray | None:
@@ -141,12 +148,13 @@ class Conv2D(Layer):
         o = self.out_channels
         _, _, oh, ow = grad.shape
         g = channels_last(grad).reshape(n * oh * ow, o)   # free when grad is channels-last memory
-        # dW[o, c, a, b] = Σ_rows cols[row, (a, b, c)] · g[row, o]
-        cols_t = self._cols if self._planar else self._cols.T
-        gw = (cols_t @ g).reshape(kh, kw, c, o)
-        np.copyto(self.grads["W"], gw.transpose(3, 2, 0, 1))
-        if self.bias:   # Σ_rows g as a GEMV: ~10x faster than g.sum(axis=0) on a tall (rows, O) array
-            np.copyto(self.grads["b"], np.ones(g.shape[0], dtype=g.dtype) @ g)
+        # dW[o, c, a, b] = Σ_rows cols[row, (a, b, c)] · g[row, o]; the constant-1 entry gives db = Σ_rows g.
+        # The GEMM orientation of each layout is the faster one measured: (kk, O) planar, (O, kk) otherwise.
+        k = kh * kw * c
+        gw = self._cols @ g if self._planar else (g.T @ self._cols).T
+        np.copyto(self.grads["W"], gw[:k].reshape(kh, kw, c, o).transpose(3, 2, 0, 1))
+        if self.bias:
+            np.copyto(self.grads["b"], gw[k])
         self.apply_weight_decay()
         if self.skip_input_grad:
             return None
