@@ -22,6 +22,8 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of nntrain and torch")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--profile", action="store_true", help="also print nntrain's per-layer times")
+    ap.add_argument("--input-grad", action="store_true",
+                    help="compute dL/d(input) on both sides (by default neither does, as in training)")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall: elapsed time; cpu: process CPU time of all threads (use with --threads 1)")
     return ap.parse_args()
@@ -62,6 +64,8 @@ def timed(step, repeats: int) -> list[float]:
 
 def nntrain_step(x: np.ndarray, labels: np.ndarray):
     model = nntrain.build_model(SPEC, input_shape=(1, 28, 28), seed=0)
+    # PyTorch computes no gradient for an input that does not require one; the same here.
+    model.layers[0].skip_input_grad = not args.input_grad
     loss = nntrain.SoftmaxCrossEntropy()
 
     def step():
@@ -80,11 +84,12 @@ def torch_step(x: np.ndarray, labels: np.ndarray):
         nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
-    tx, ty = torch.from_numpy(x), torch.from_numpy(labels.astype(np.int64))
+    tx, ty = torch.from_numpy(x).requires_grad_(args.input_grad), torch.from_numpy(labels.astype(np.int64))
     lossf = nn.CrossEntropyLoss()
 
     def step():
         net.zero_grad(set_to_none=True)
+        tx.grad = None
         lossf(net(tx), ty).backward()
 
     return step
@@ -106,7 +111,10 @@ def profile(model, loss, x: np.ndarray, labels: np.ndarray, repeats: int = 20) -
             t0 = clock()
             g = model.layers[i].backward(g)
             bwd[i].append(clock() - t0)
+            if g is None:   # a first layer that skips dx
+                break
     for i, layer in enumerate(model.layers):
+        bwd[i] = bwd[i] or [0.0]
         print(f"  {i:2d} {layer.describe():55s} fwd {1e3 * min(fwd[i]):6.2f} ms  "
               f"bwd {1e3 * min(bwd[i]):6.2f} ms")
 

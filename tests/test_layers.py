@@ -123,7 +123,7 @@ def test_conv2d_matches_loop_reference(case):
 
 
 @settings(max_examples=12, deadline=None)
-@given(n=st.integers(1, 3), c=st.integers(1, 4), h=st.integers(1, 9), w=st.integers(1, 9),
+@given(n=st.integers(1, 3), c=st.integers(1, 7), h=st.integers(1, 9), w=st.integers(1, 9),
        o=st.integers(1, 4), kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3),
        sw=st.integers(1, 3), ph=st.integers(0, 2), pw=st.integers(0, 2))
 def test_conv2d_random_shapes_match_torch(n, c, h, w, o, kh, kw, sh, sw, ph, pw):
@@ -142,11 +142,12 @@ def test_conv2d_random_shapes_match_torch(n, c, h, w, o, kh, kw, sh, sw, ph, pw)
         close(ours, ref, np.float64)
 
 
-def test_conv2d_channels_last_input_and_grad_give_same_result():
+@pytest.mark.parametrize("c", [3, 7])   # both column layouts (planar for few channels)
+def test_conv2d_channels_last_input_and_grad_give_same_result(c):
     """The conv returns a channels-last view; feeding such views (input and grad) must not change results."""
-    layer = make({"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1}, (3, 6, 5), np.float32)
+    layer = make({"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1}, (c, 6, 5), np.float32)
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 3, 6, 5)).astype(np.float32)
+    x = rng.standard_normal((2, c, 6, 5)).astype(np.float32)
     g = rng.standard_normal((2, 4, 6, 5)).astype(np.float32)
     y1 = layer.forward(x, True)
     dx1, dw1 = layer.backward(g), layer.grads["W"].copy()
@@ -180,6 +181,23 @@ def test_conv2d_skip_input_grad():
     _, _, (tdw, _) = torch_fwd_bwd(lambda tx, tw, tb: F.conv2d(tx, tw, tb), x, np.ones_like(y),
                                    layer.params["W"], layer.params["b"])
     close(layer.grads["W"], tdw, np.float64)
+
+
+def test_linear_matches_torch_and_skip_input_grad():
+    for dtype in DTYPES:
+        layer = make({"type": "linear", "out_features": 5, "weight_decay": 0.1}, (7,), dtype)
+        layer.params["b"][...] = np.arange(5)
+        x = np.random.default_rng(0).standard_normal((3, 7)).astype(dtype)
+        y, g, dx = run(layer, x)
+        ty, tdx, (tdw, tdb) = torch_fwd_bwd(lambda tx, tw, tb: tx @ tw + tb, x, g, layer.params["W"], layer.params["b"])
+        close(y, ty, dtype)
+        close(dx, tdx, dtype)
+        close(layer.grads["W"], tdw.numpy() + dtype(0.1) * layer.params["W"], dtype)
+        close(layer.grads["b"], tdb, dtype)
+        layer.skip_input_grad = True
+        layer.forward(x, True)
+        assert layer.backward(g) is None
+        close(layer.grads["b"], tdb, dtype)
 
 
 def test_conv2d_init_fan_in_and_flops():

@@ -12,7 +12,8 @@ from nntrain.layers.base import Layer, Option, Shape, register, require_shape
 class Linear(Layer):
     """x: (N, in_features) -> y: (N, out_features). W is stored (in, out) so forward is one GEMM x @ W.
 
-    Backward: dW = xᵀ·g + λW, db = Σ_n g, dx = g·Wᵀ.
+    Backward: dW = xᵀ·g + λW, db = Σ_n g, dx = g·Wᵀ. With `skip_input_grad = True` (a first layer,
+    whose input needs no gradient, as PyTorch skips it) backward returns None instead of dx.
     """
 
     options = {
@@ -23,6 +24,7 @@ class Linear(Layer):
         "init_std": Option("float", 0.01, minimum=0.0, doc="std for init: normal"),
     }
     decayed = ("W",)
+    skip_input_grad = False
 
     def output_shape(self, input_shape: Shape) -> Shape:
         require_shape(self, input_shape, 1, "add {type: flatten} before it")
@@ -42,11 +44,13 @@ class Linear(Layer):
             y += self.params["b"]
         return y
 
-    def backward(self, grad: np.ndarray) -> np.ndarray:
+    def backward(self, grad: np.ndarray) -> np.ndarray | None:
         np.matmul(self.x.T, grad, out=self.grads["W"])
         if self.bias:
             np.sum(grad, axis=0, out=self.grads["b"])
         self.apply_weight_decay()
+        if self.skip_input_grad:
+            return None
         return grad @ self.params["W"].T
 
     def flops(self, input_shape: Shape) -> int:
