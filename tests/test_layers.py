@@ -460,3 +460,12 @@ def test_layer_keeps_dtype_and_leaves_inputs_untouched(spec, shape, dtype, train
     assert y.shape == (3, *layer.output_shape(shape)) and dx.shape == x.shape
     for name, grad in layer.grads.items():
         assert grad.dtype == dtype and grad.shape == layer.params[name].shape
+
+
+@pytest.mark.parametrize("spec, shape", ALL_SPECS, ids=lambda v: v["type"] if isinstance(v, dict) else "")
+def test_layer_takes_an_empty_batch(spec, shape):
+    layer = make(spec, shape, np.float32)
+    train = spec["type"] != "batchnorm"          # batch statistics of nothing are undefined
+    y = layer.forward(np.zeros((0, *shape), np.float32), train=train)
+    assert y.shape == (0, *layer.output_shape(shape))
+    assert layer.backward(np.zeros_like(y)).shape == (0, *shape)

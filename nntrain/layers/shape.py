@@ -18,7 +18,7 @@ class Flatten(Layer):
 
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         self.shape = x.shape
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))   # not -1: NumPy cannot infer it for 0 samples
 
     def backward(self, grad: np.ndarray) -> np.ndarray:
         return grad.reshape(self.shape)
