@@ -117,8 +117,6 @@ def test_batches_never_empty():
             assert sizes and min(sizes) >= 1 and sum(sizes) == n and len(sizes) == num_batches(n, bs)
 
 
-@pytest.mark.xfail(strict=True, reason="flatten reshapes with -1, which NumPy cannot infer for 0 samples "
-                                       "(nntrain/layers/shape.py; reported, not in this suite's files)")
 def test_empty_batch_through_the_model():
     from nntrain import build_model
 
