@@ -15,7 +15,7 @@ def summarize_side(epochs: list[dict], n_train: int) -> dict[str, Any]:
     """Median seconds, samples/s, last test accuracy and the peak RSS over the side's processes."""
     secs = [e["seconds"] for e in epochs]
     med = statistics.median(secs)
-    return {"seconds_median": med, "seconds": secs, "samples_per_s": n_train / med if med > 0 else None,
+    return {"seconds_median": med, "seconds_min": min(secs), "seconds": secs, "samples_per_s": n_train / med if med > 0 else None,
             "test_acc": epochs[-1]["test_acc"], "train_acc": epochs[-1]["train_acc"],
             "peak_rss_mb": max(e["peak_rss_mb"] for e in epochs)}
 
@@ -26,7 +26,7 @@ def summarize_workload(name: str, n_train: int, fraction: float, nn_epochs: list
     nn, th = summarize_side(nn_epochs, n_train), summarize_side(torch_epochs, n_train)
     ratio = nn["seconds_median"] / th["seconds_median"]
     out = {"workload": name, "n_train": n_train, "fraction_of_epoch": fraction, "nntrain": nn, "torch": th,
-           "time_ratio": ratio, "memory_ratio": nn["peak_rss_mb"] / th["peak_rss_mb"],
+           "time_ratio": ratio, "time_ratio_best": nn["seconds_min"] / th["seconds_min"], "memory_ratio": nn["peak_rss_mb"] / th["peak_rss_mb"],
            "time_target": TIME_TARGETS.get(name),
            "epochs": {"nntrain": nn_epochs, "torch": torch_epochs}}
     out["time_ok"] = ratio <= out["time_target"] if out["time_target"] else None
@@ -39,7 +39,7 @@ def summarize_workload(name: str, n_train: int, fraction: float, nn_epochs: list
 def summarize_scaling(n_small: int, n_big: int, small: list[float], big: list[float]) -> dict[str, Any]:
     """Time ratio of the full over the quarter training set (medians) against the 4.4 target."""
     ratio = statistics.median(big) / statistics.median(small)
-    return {"workload": "mnist-cnn", "n_small": n_small, "n_big": n_big, "seconds_small": small, "seconds_big": big,
+    return {"time_ratio_best": min(big) / min(small),"workload": "mnist-cnn", "n_small": n_small, "n_big": n_big, "seconds_small": small, "seconds_big": big,
             "data_ratio": n_big / n_small, "time_ratio": ratio, "target": SCALING_TARGET,
             "ok": ratio <= SCALING_TARGET}
 
@@ -77,7 +77,14 @@ def scaling_line(s: dict) -> str:
     return (f"scaling (nntrain mnist-cnn): {s['n_small']} -> {s['n_big']} training images ({s['data_ratio']:.0f}x data): "
             f"{min(s['seconds_small']):.2f}..{max(s['seconds_small']):.2f} s -> "
             f"{min(s['seconds_big']):.2f}..{max(s['seconds_big']):.2f} s, time ratio of medians "
-            f"{s['time_ratio']:.2f} (≤{s['target']:g}{_mark(s['ok'])})")
+            f"{s['time_ratio']:.2f} (≤{s['target']:g}{_mark(s['ok'])}), of the fastest runs {s['time_ratio_best']:.2f}")
+
+
+def best_lines(results: dict) -> list[str]:
+    """Ratios of the fastest epochs: on a shared machine, contention only ever adds time."""
+    return [f"{w['workload']}: fastest epochs nntrain {w['nntrain']['seconds_min']:.2f} s, PyTorch "
+            f"{w['torch']['seconds_min']:.2f} s, ratio {w['time_ratio_best']:.2f}" for w in results["workloads"]
+            if len(w["nntrain"]["seconds"]) > 1]
 
 
 def format_console(results: dict) -> str:
@@ -86,6 +93,7 @@ def format_console(results: dict) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [machine_line(results), f"command: {results['command']}", ""]
     lines += ["  ".join(c.ljust(wd) for c, wd in zip(r, widths)).rstrip() for r in rows]
+    lines += best_lines(results)
     for note in results.get("notes", []):
         lines.append(f"note: {note}")
     if results.get("scaling"):
@@ -103,6 +111,9 @@ def format_markdown(results: dict) -> str:
     out.append("| " + " | ".join(rows[0]) + " |")
     out.append("|" + "|".join("---" for _ in rows[0]) + "|")
     out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    if best_lines(results):
+        out += ["", "Ratios of the fastest epochs (contention on a shared machine only adds time):", ""]
+        out += [f"- {line}" for line in best_lines(results)]
     for note in results.get("notes", []):
         out += ["", f"Note: {note}"]
     if results.get("scaling"):
