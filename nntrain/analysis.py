@@ -115,7 +115,7 @@ class EvalReport:
         return written
 
 
-def evaluate_run(run: LoadedRun, split: str = "test", batch_size: int = 1000, data_root: str | None = None,
+def evaluate_run(run: LoadedRun, split: str = "test", batch_size: int = 256, data_root: str | None = None,
                  perturbations: Sequence[tuple[str, list[float]]] = (), seed: int = 0) -> EvalReport:
     """Evaluate a loaded run on a split, optionally under each perturbation level."""
     images, labels = split_images(run, split, data_root)

@@ -262,7 +262,7 @@ def _parse_perturb(values: tuple[str, ...]) -> list[tuple[str, list[float]]]:
 @cli.command("eval")
 @click.argument("target", metavar="RUN_DIR_OR_CHECKPOINT", type=click.Path())
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--data-root", type=click.Path(file_okay=False), default=None,
               help="Where the dataset lies (default: the run's data.root, $NNTRAIN_DATA, ~/.cache/nntrain).")
 @click.option("--perturb", multiple=True, metavar="KIND=LEVELS",
