@@ -44,11 +44,27 @@ class Model:
             x = layer.forward(x, train)
         return x
 
-    def backward(self, grad: np.ndarray) -> np.ndarray:
-        """grad: dL/d(output) -> dL/dx; fills every layer's grads (including weight decay)."""
-        for layer in reversed(self.layers):
-            grad = layer.backward(grad)
-        return grad
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        """grad: dL/d(output) -> dL/dx; fills every layer's grads (including weight decay).
+
+        input_grad=False (training) returns None and skips work nobody needs, as PyTorch does for an
+        input without requires_grad: the parameter-free layers before the first parameterised one, and
+        that layer's own dx (its `skip_input_grad`).
+        """
+        stop = 0
+        if not input_grad:
+            stop = next((i for i, layer in enumerate(self.layers) if layer.params), len(self.layers))
+        for i in range(len(self.layers) - 1, stop - 1, -1):
+            layer = self.layers[i]
+            if i == stop and not input_grad and hasattr(layer, "skip_input_grad"):
+                layer.skip_input_grad = True
+                try:
+                    grad = layer.backward(grad)
+                finally:
+                    layer.skip_input_grad = False
+            else:
+                grad = layer.backward(grad)
+        return grad if input_grad else None
 
     __call__ = forward
 
