@@ -31,6 +31,7 @@ LAYER_CASES: dict[str, list[tuple[tuple[int, ...], list[dict]]]] = {
     "leaky_relu": [((6,), [{"type": "linear", "out_features": 8, "weight_decay": WD}, {"type": "leaky_relu"}])],
     "sigmoid": [((6,), [{"type": "linear", "out_features": 8, "weight_decay": WD}, {"type": "sigmoid"}])],
     "tanh": [((6,), [{"type": "linear", "out_features": 8, "weight_decay": WD}, {"type": "tanh"}])],
+    "softmax": [((6,), [{"type": "linear", "out_features": 8, "weight_decay": WD}, {"type": "softmax"}])],
     "gelu": [((6,), [{"type": "linear", "out_features": 8, "weight_decay": WD}, {"type": "gelu"}])],
     "dropout": [((6,), [{"type": "linear", "out_features": 8, "weight_decay": WD}, {"type": "dropout", "p": 0.5}])],
     "batchnorm": [((6,), [{"type": "linear", "out_features": 5, "weight_decay": WD}, {"type": "batchnorm"}]),

@@ -340,6 +340,24 @@ def test_activation_extreme_inputs_stay_finite(spec, fn):
 
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, k", [(1, 10), (5, 3), (4, 7)])
+def test_softmax_matches_torch_and_survives_huge_inputs(n, k, dtype):
+    layer = make({"type": "softmax"}, (k,), dtype)
+    x = (4 * np.random.default_rng(n + k).standard_normal((n, k))).astype(dtype)
+    x[0, 0] = 1e4 if dtype == np.float64 else 80.0   # exp would overflow without the max shift
+    y, g, dx = run(layer, x)
+    ty, tdx, _ = torch_fwd_bwd(lambda t: F.softmax(t, dim=1), x, g)
+    close(y, ty, dtype)
+    close(dx, tdx, dtype)
+    assert np.all(np.isfinite(y)) and np.allclose(y.sum(axis=1), 1.0)
+
+
+def test_softmax_needs_flat_input():
+    with pytest.raises(ShapeError, match="flatten"):
+        make({"type": "softmax"}, (2, 3, 3), np.float32)
+
+
 # --- dropout -------------------------------------------------------------------------------------
 def test_dropout_eval_is_identity():
     layer = make({"type": "dropout", "p": 0.5}, (10,), np.float32)
@@ -439,6 +457,7 @@ ALL_SPECS = [
     ({"type": "tanh"}, (6,)),
     ({"type": "gelu"}, (2, 5, 6)),
     ({"type": "gelu", "approximate": "tanh"}, (6,)),
+    ({"type": "softmax"}, (6,)),
     ({"type": "dropout", "p": 0.3}, (2, 5, 6)),
     ({"type": "batchnorm"}, (2, 5, 6)),
     ({"type": "batchnorm"}, (6,)),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nntrain.layers.base import Layer, Option, register
+from nntrain.layers.base import Layer, Option, register, require_shape
 
 
 @register("relu")
@@ -58,6 +58,25 @@ class Tanh(Layer):
 
     def backward(self, grad: np.ndarray) -> np.ndarray:
         return grad * (1 - self.y * self.y)
+
+
+@register("softmax")
+class Softmax(Layer):
+    """Row-wise softmax over features, x: (N, K) -> probabilities (N, K); for the report's
+    `softmax: false` loss, which expects probabilities. y = exp(x - max) / Σ exp(x - max);
+    dx = y ⊙ (g - Σ_k g_k y_k)."""
+
+    def output_shape(self, input_shape):
+        require_shape(self, input_shape, 1, "add {type: flatten} before it")
+        return tuple(input_shape)
+
+    def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+        e = np.exp(x - x.max(axis=1, keepdims=True)) if x.size else np.exp(x)
+        self.y = e / e.sum(axis=1, keepdims=True)
+        return self.y
+
+    def backward(self, grad: np.ndarray) -> np.ndarray:
+        return self.y * (grad - (grad * self.y).sum(axis=1, keepdims=True))
 
 
 @register("gelu")
