@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__.split("\n\n")[0],
         epilog="examples:\n  python -m bench --workloads mnist-mlp,mnist-cnn --quick --threads 2\n"
-               "  python -m bench --epochs 3 --scaling\n  python bench/run.py --workloads none --scaling --quick",
+               "  python -m bench --epochs 3 --scaling\n  python -m bench --workloads none --scaling --quick",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workloads", default=",".join(WORKLOADS),
                    help=f"comma-separated, from {', '.join(WORKLOADS)} ('none': only --scaling); default all")
