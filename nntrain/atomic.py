@@ -10,6 +10,7 @@ import contextlib
 import errno
 import os
 import tempfile
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -77,3 +78,24 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def create_unique_dir(base: str | os.PathLike, stem: str) -> Path:
+    """base/<stem>-<YYYYmmdd-HHMMSS>[-k]: an exclusive mkdir, so two callers in the same second
+    (threads or processes) never get the same folder."""
+    base = Path(base)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(_describe(e, base)) from e
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for k in range(1, 10_000):
+        path = base / (f"{stem}-{stamp}" if k == 1 else f"{stem}-{stamp}-{k}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise WriteError(_describe(e, path)) from e
+    raise NNTrainError(f"could not create a new folder under {base}")

@@ -14,11 +14,10 @@ import math
 import re
 import statistics
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
-from nntrain.atomic import atomic_write_text
+from nntrain.atomic import atomic_write_text, create_unique_dir
 from nntrain.errors import NNTrainError
 
 MISSING = "—"
@@ -267,18 +266,8 @@ def compare_runs(folders: Sequence[str | Path]) -> Comparison:
 
 
 def default_out_dir(base: str | Path = "comparisons") -> Path:
-    """comparisons/compare-<YYYYmmdd-HHMMSS>[-k], made with an exclusive mkdir."""
-    base = Path(base)
-    base.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    for k in range(1, 10_000):
-        path = base / (f"compare-{stamp}" if k == 1 else f"compare-{stamp}-{k}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-    raise NNTrainError(f"could not create a new folder under {base}")
+    """comparisons/compare-<YYYYmmdd-HHMMSS>[-k], never shared by two comparisons."""
+    return create_unique_dir(base, "compare")
 
 
 def save_comparison(comp: Comparison, out_dir: str | Path) -> list[Path]:

@@ -7,14 +7,13 @@ params' dtype and is saved/restored exactly through `state_dict()` / `load_state
 
 from __future__ import annotations
 
-import difflib
 import math
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
 from nntrain.errors import CheckpointError, ConfigError
-from nntrain.options import Option, validate_options
+from nntrain.options import Option, split_typed_spec, validate_options
 
 ParamTriple = tuple[str, np.ndarray, np.ndarray]
 
@@ -239,21 +238,6 @@ class AdamW(Adam):
 
 # The registry: YAML type name -> optimizer class. Read-only after import.
 OPTIMIZERS: dict[str, type[Optimizer]] = {cls.type_name: cls for cls in (SGD, Adam, AdamW)}
-
-
-def split_typed_spec(spec: Any, registry: Mapping[str, type], section: str) -> tuple[type, dict[str, Any]]:
-    """`{type: name, **options}` -> (registry[name], options); ConfigError under `section` otherwise."""
-    if not isinstance(spec, Mapping):
-        raise ConfigError(f"expected a mapping with a 'type' key, got {spec!r}", section)
-    if "type" not in spec:
-        raise ConfigError(f"missing 'type'; known types: {', '.join(sorted(registry))}", section)
-    name = spec["type"]
-    if not isinstance(name, str) or name not in registry:
-        close = difflib.get_close_matches(str(name), list(registry), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"unknown type {name!r}{hint}; known types: {', '.join(sorted(registry))}",
-                          f"{section}.type")
-    return registry[name], {k: v for k, v in spec.items() if k != "type"}
 
 
 def validate_optimizer_spec(spec: Any, section: str = "optimizer") -> dict[str, Any]:

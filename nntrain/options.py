@@ -135,3 +135,23 @@ def validate_options(options: Mapping[str, Option], given: Mapping[str, Any], wh
         else:  # defaults go through the same normalisation as given values (a pair default 1 -> (1, 1))
             values[key] = opt.default if opt.default is None else opt.validate(opt.default, key)
     return values
+
+
+def lookup_type(registry: Mapping[str, Any], name: Any, what: str, path: str) -> Any:
+    """registry[name] for a `type:` value, else a ConfigError at `path` listing the known types."""
+    if not isinstance(name, str) or name not in registry:
+        close = difflib.get_close_matches(str(name), list(registry), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"unknown {what} type {name!r}{hint}; known types: {', '.join(sorted(registry))}", path)
+    return registry[name]
+
+
+def split_typed_spec(spec: Any, registry: Mapping[str, type], section: str, what: str = "") -> tuple[type, dict]:
+    """`{type: name, **options}` -> (registry[name], options); ConfigError under `section` otherwise."""
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"expected a mapping with a 'type' key, got {spec!r}", section)
+    if "type" not in spec:
+        raise ConfigError(f"missing 'type'; known {what + ' ' if what else ''}types: {', '.join(sorted(registry))}",
+                          section)
+    cls = lookup_type(registry, spec["type"], what or section, f"{section}.type")
+    return cls, {k: v for k, v in spec.items() if k != "type"}

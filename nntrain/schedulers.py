@@ -19,8 +19,8 @@ from bisect import bisect_right
 from typing import Any, ClassVar, Mapping
 
 from nntrain.errors import CheckpointError, ConfigError
-from nntrain.optim import Optimizer, split_typed_spec
-from nntrain.options import Option, validate_options
+from nntrain.optim import Optimizer
+from nntrain.options import Option, split_typed_spec, validate_options
 
 logger = logging.getLogger(__name__)
 

@@ -15,14 +15,13 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 from tqdm import tqdm
 
-from nntrain.atomic import atomic_write_text
+from nntrain.atomic import atomic_write_text, create_unique_dir
 from nntrain.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from nntrain.errors import CheckpointError, ConfigError, NNTrainError, NumericalError
 from nntrain.data import iterate_batches, num_batches
@@ -57,18 +56,8 @@ class RunState:
 
 
 def create_run_dir(name: str, base: str | os.PathLike = "runs") -> Path:
-    """runs/<name>-<YYYYmmdd-HHMMSS>, made with an exclusive mkdir so two runs never share a folder."""
-    base = Path(base)
-    base.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    for k in range(1, 10_000):
-        path = base / (f"{name}-{stamp}" if k == 1 else f"{name}-{stamp}-{k}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-    raise NNTrainError(f"could not create a new run folder under {base}")
+    """runs/<name>-<YYYYmmdd-HHMMSS>, never shared by two runs started in the same second."""
+    return create_unique_dir(base, name)
 
 
 def _mode_for(metric: str, mode: str = "auto") -> str:

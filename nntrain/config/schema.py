@@ -9,7 +9,6 @@ the caller adds the file and line.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 import re
@@ -18,7 +17,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from nntrain.errors import ConfigError
-from nntrain.options import Option, unknown_key_message, validate_options
+from nntrain.options import Option, split_typed_spec, unknown_key_message, validate_options
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10", "mnist-mini")
 MONITORS = ("val_loss", "val_acc", "train_loss", "train_acc")
@@ -159,16 +158,8 @@ def _registered(spec: Any, registry: Mapping[str, type], what: str, path: str,
     `validate` classmethod where it has one (for checks that span options, like lr > 0); `context`
     values (epochs=...) are passed to that classmethod where its signature names them."""
     spec = _mapping(spec, path, f"{what} with a 'type' key")
-    known = ", ".join(sorted(registry))
-    if "type" not in spec:
-        raise ConfigError(f"missing 'type'; known {what} types: {known}", path)
+    cls, opts = split_typed_spec(spec, registry, path, what)
     name = spec["type"]
-    if not isinstance(name, str) or name not in registry:
-        close = difflib.get_close_matches(str(name), list(registry), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"unknown {what} type {name!r}{hint}; known types: {known}", f"{path}.type")
-    cls = registry[name]
-    opts = {k: v for k, v in spec.items() if k != "type"}
     where = f"{what} '{name}'"
     if isinstance(inspect.getattr_static(cls, "validate", None), classmethod):
         accepted = inspect.signature(cls.validate).parameters

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-import nntrain.train as train_mod
+import nntrain.atomic as atomic_mod
 from conftest import write_config
 from nntrain.checkpoint import load_checkpoint
 from nntrain.train import create_run_dir
@@ -34,7 +34,7 @@ def snapshot(folder: Path) -> dict:
 
 
 def test_same_second_in_threads(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_mod, "datetime", FrozenClock)
+    monkeypatch.setattr(atomic_mod, "datetime", FrozenClock)
     n = 24
     barrier = threading.Barrier(n)
     made: list[Path] = []
@@ -57,11 +57,11 @@ def test_same_second_in_threads(tmp_path, monkeypatch):
 
 
 def test_same_second_in_processes(tmp_path):
-    code = ("import sys, datetime as d, nntrain.train as t\n"
+    code = ("import sys, datetime as d, nntrain.train as t, nntrain.atomic as a\n"
             "class C(d.datetime):\n"
             "    @classmethod\n"
             "    def now(cls, tz=None): return d.datetime(2026, 1, 2, 3, 4, 5)\n"
-            "t.datetime = C\n"
+            "a.datetime = C\n"
             "print(t.create_run_dir('exp', sys.argv[1]))\n")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "runs")], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(6)]
