@@ -112,7 +112,6 @@ BAD = [
     ("name-number", sub("name: test", "name: 12"), ["name", "a string"], "name:"),
     ("seed-negative", sub("seed: 0", "seed: -1"), ["seed", ">= 0"], "seed:"),
     ("seed-float", sub("seed: 0", "seed: 1.5"), ["seed", "integer"], "seed:"),
-    ("threads-zero", sub("epochs: 2", "epochs: 2, threads: 0"), ["train.threads", ">= 1"], "threads"),
     ("duplicate-key", sub("lr: 0.1}", "lr: 0.1, lr: 0.2}"), ["optimizer.lr", "duplicate key 'lr'"], "lr: 0.2"),
     ("duplicate-section", BASE + "seed: 3\n", ["duplicate key 'seed'", "first at line 2"], "seed: 3"),
     ("python-tag", sub("name: test", "name: !!python/object/apply:os.system ['echo hi']"), ["tags"], "name:"),
@@ -203,7 +202,7 @@ def test_minimal_config_gets_every_default(tmp_path: Path) -> None:
     assert cfg["optimizer"]["momentum"] == 0.0
     assert cfg["scheduler"] is None
     assert cfg["train"] == {"epochs": 10, "batch_size": 64, "eval_batch_size": 256,
-                            "checkpoint_monitor": "val_acc", "threads": None, "early_stopping": None}
+                            "checkpoint_monitor": "val_acc", "early_stopping": None}
 
 
 def test_val_size_default_depends_on_dataset_and_monitors_fall_back_without_val(tmp_path: Path) -> None:

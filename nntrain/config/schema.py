@@ -62,7 +62,6 @@ TRAIN_OPTIONS = {
     "eval_batch_size": Option("int", 256, minimum=1, doc="batch size for validation and test; conv im2col memory grows with it"),
     "checkpoint_monitor": Option("str", _UNSET, choices=MONITORS,
                                  doc="metric that picks best.npz; default val_acc (train_acc when val_size is 0)"),
-    "threads": Option("int", None, nullable=True, minimum=1, doc="BLAS threads; null: the library default"),
 }
 EARLY_STOPPING_OPTIONS = {
     "monitor": Option("str", _UNSET, choices=MONITORS, doc="default val_acc (train_acc when val_size is 0)"),
