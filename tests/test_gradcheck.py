@@ -3,6 +3,8 @@ the tensor when a backward pass is deliberately broken, leaves the model as it f
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -234,3 +236,43 @@ def test_first_layer_skipping_its_input_gradient_is_still_checked():
     rows = gradcheck(model, build_loss(None), x, labels, rng=np.random.default_rng(0))
     assert rows[0].name == "input" and rows[0].passed
     assert model.layers[0].skip_input_grad is True
+
+
+SHIPPED_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+QUICKSTART = next(p for p in SHIPPED_CONFIGS if p.name == "quickstart.yaml")
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.name)
+def test_gradcheck_passes_on_every_shipped_config(path):
+    from nntrain.config import load_config
+
+    cfg = load_config(path)
+    rows = gradcheck_config(cfg, samples=12, batch_size=2)
+    assert not gradcheck_failed(rows), format_gradcheck(rows)
+    n_param_layers = sum(1 for spec in cfg["model"] if spec["type"] in ("linear", "conv2d", "batchnorm"))
+    assert "input" in {r.name for r in rows} and len(rows) >= 1 + 2 * n_param_layers
+
+
+def test_gradcheck_command_exit_codes(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from nntrain.cli import cli
+
+    runner = CliRunner()
+    good = runner.invoke(cli, ["gradcheck", str(QUICKSTART), "--samples", "20"])
+    assert good.exit_code == 0, good.output
+    assert "gradcheck passed" in good.output
+    # a deliberately broken backward: the command fails with exit 1 and names the tensor
+    from nntrain.layers.linear import Linear
+
+    real = Linear.backward
+
+    def broken(self, grad):
+        dx = real(self, grad)
+        self.grads["W"] *= 1.01
+        return dx
+
+    monkeypatch.setattr(Linear, "backward", broken)
+    bad = runner.invoke(cli, ["gradcheck", str(QUICKSTART), "--samples", "20"])
+    assert bad.exit_code == 1, bad.output
+    assert "FAIL" in bad.output and ".W" in bad.output
