@@ -132,7 +132,6 @@ class Trainer:
             atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
             if init_from:
                 self._init_weights(init_from)
-        self._dump_config = dump_config
 
     # --- checkpoints -----------------------------------------------------------------------------
     def _checkpoint(self) -> Checkpoint:
@@ -374,7 +373,10 @@ def train(cfg: dict, run_dir: str | os.PathLike | None = None, *, resume: str | 
         folder = create_run_dir(cfg["name"], runs_base)
     handler = logging.FileHandler(folder / "log.txt", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setLevel(logging.INFO)
     log.addHandler(handler)
+    if log.getEffectiveLevel() > logging.INFO:  # library use without the CLI: log.txt still gets the epochs
+        log.setLevel(logging.INFO)
     try:
         trainer = Trainer(cfg, folder, resume=resume is not None, init_from=init_from, progress=progress)
         if on_start:

@@ -145,3 +145,15 @@ def test_help_shows_examples() -> None:
         result = runner.invoke(cli, [*cmd, "--help"])
         assert result.exit_code == 0
         assert "Example" in result.output, cmd
+
+
+def test_training_from_the_library(tmp_path: Path) -> None:
+    import nntrain
+    from nntrain.train import train
+
+    cfg = nntrain.load_config(write_config(tmp_path / "c.yaml", tiny_config()), overrides=["train.epochs=1"])
+    folder, summary = train(cfg, run_dir=tmp_path / "lib-run", progress=False)
+    assert folder == tmp_path / "lib-run"
+    assert 0.5 < summary["test_acc"] <= 1.0
+    assert "epoch 1/1" in (folder / "log.txt").read_text()
+    assert len(read_metrics(folder)) == 1
