@@ -137,6 +137,22 @@ def test_bad_config_names_the_problem(tmp_path: Path, text: str, expected: list[
         assert f", line {line}:" in message
 
 
+@pytest.mark.parametrize("text, expected, marker", [pytest.param(t, e, m, id=i) for i, t, e, m in BAD])
+def test_bad_config_through_the_cli_exits_2(tmp_path: Path, text: str, expected: list[str], marker: str | None) -> None:
+    """The same bad configs given to the real `nntrain train` command: exit 2, the message, no traceback."""
+    from click.testing import CliRunner
+
+    from nntrain.cli import cli
+
+    path = write(tmp_path, text)
+    result = CliRunner().invoke(cli, ["train", str(path), "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: {path}")
+    assert all(fragment in result.stderr for fragment in expected), result.stderr
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
 def test_there_are_at_least_thirty_distinct_bad_configs() -> None:
     assert len({text for _, text, _, _ in BAD}) >= 30
 
