@@ -24,6 +24,10 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--profile", action="store_true", help="also print nntrain's per-layer times")
     ap.add_argument("--input-grad", action="store_true",
                     help="compute dL/d(input) on both sides (by default neither does, as in training)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="nntrain's element-wise worker threads (default: --threads)")
+    ap.add_argument("--compare-workers", action="store_true",
+                    help="also time nntrain with one element-wise thread (BLAS threads unchanged)")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall: elapsed time; cpu: process CPU time of all threads (use with --threads 1)")
     return ap.parse_args()
@@ -62,8 +66,8 @@ def timed(step, repeats: int) -> list[float]:
     return out
 
 
-def nntrain_step(x: np.ndarray, labels: np.ndarray):
-    model = nntrain.build_model(SPEC, input_shape=(1, 28, 28), seed=0)
+def nntrain_step(x: np.ndarray, labels: np.ndarray, workers: int | None = None):
+    model = nntrain.build_model(SPEC, input_shape=(1, 28, 28), seed=0, threads=workers)
     # PyTorch computes no gradient for an input that does not require one; the same here.
     model.layers[0].skip_input_grad = not args.input_grad
     loss = nntrain.SoftmaxCrossEntropy()
@@ -123,21 +127,26 @@ def main() -> None:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.batch, 1, 28, 28)).astype(np.float32)
     labels = rng.integers(0, 10, size=args.batch)
-    model, loss, ours = nntrain_step(x, labels)
+    model, loss, ours = nntrain_step(x, labels, args.workers)
+    single = nntrain_step(x, labels, 1)[2] if args.compare_workers else None
     try:
         theirs = torch_step(x, labels)
     except ImportError:
         theirs = None
         print("torch is not installed: timing nntrain only")
     times: dict[str, list[float]] = {"nntrain": [], "torch": []}
+    if single is not None:
+        times["nntrain-1w"] = []
     for _ in range(args.rounds):
         times["nntrain"] += timed(ours, args.repeats)
+        if single is not None:
+            times["nntrain-1w"] += timed(single, args.repeats)
         if theirs is not None:
             times["torch"] += timed(theirs, args.repeats)
     print(f"mnist-cnn forward+backward, batch {args.batch}, float32, {args.threads} thread(s), {args.clock} clock")
     for side, ts in times.items():
         if ts:
-            print(f"  {side:8s} median {1e3 * np.median(ts):7.2f} ms   best {1e3 * min(ts):7.2f} ms")
+            print(f"  {side:10s} median {1e3 * np.median(ts):7.2f} ms   best {1e3 * min(ts):7.2f} ms")
     if times["torch"]:
         print(f"  ratio nntrain/torch: median {np.median(times['nntrain']) / np.median(times['torch']):.2f}x  "
               f"best {min(times['nntrain']) / min(times['torch']):.2f}x")

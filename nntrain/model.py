@@ -9,6 +9,7 @@ import numpy as np
 from nntrain.errors import CheckpointError, ConfigError
 from nntrain.layers import layer_from_spec
 from nntrain.layers.base import Layer, Shape
+from nntrain.parallel import Workers
 
 
 def model_rngs(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
@@ -24,10 +25,18 @@ class Model:
 
     `parameters()` yields (name, param, grad) with names "<index>.<param>" (e.g. "0.W"); the grad
     arrays are the layers' persistent buffers, filled by `backward`.
+
+    The model owns a `Workers` pool (`threads`, default: the BLAS thread count) that its layers use to
+    split element-wise work over the batch axis; results are the same for any thread count.
+    `close()` stops its threads (garbage collection does too).
     """
 
-    def __init__(self, layers: Sequence[Layer], input_shape: Shape, dtype: np.dtype, rng: np.random.Generator):
+    def __init__(self, layers: Sequence[Layer], input_shape: Shape, dtype: np.dtype, rng: np.random.Generator,
+                 threads: int | None = None):
         self.layers = list(layers)
+        self.workers = Workers(threads)
+        for layer in self.layers:
+            layer.workers = self.workers
         self.input_shape = tuple(input_shape)
         self.dtype = np.dtype(dtype)
         self.rng = rng
@@ -67,6 +76,10 @@ class Model:
         return grad if input_grad else None
 
     __call__ = forward
+
+    def close(self) -> None:
+        """Stop the worker threads (the model stays usable: a later call starts them again)."""
+        self.workers.close()
 
     def parameters(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
         for i, layer in enumerate(self.layers):
@@ -126,10 +139,11 @@ class Model:
 
 
 def build_model(layers_spec: Sequence[Any], input_shape: Sequence[int], seed: int = 0,
-                dtype: Any = np.float32) -> Model:
+                dtype: Any = np.float32, threads: int | None = None) -> Model:
     """Build a model from YAML layer specs, inferring in_features / in_channels from `input_shape`.
 
     layers_spec: list of `{type: ..., option: value}`; input_shape: per-sample, e.g. (1, 28, 28).
+    threads: element-wise worker threads (default: the BLAS thread count; results do not depend on it).
     Raises ConfigError / ShapeError with the key path (`model[3].kernel_size`).
     """
     if isinstance(layers_spec, dict) and "layers" in layers_spec:  # accept a `model: {layers: [...]}` section
@@ -147,4 +161,4 @@ def build_model(layers_spec: Sequence[Any], input_shape: Sequence[int], seed: in
         except ConfigError as e:
             raise e.located(prefix=path) from None
         layers.append(layer)
-    return Model(layers, input_shape, dtype, rng)
+    return Model(layers, input_shape, dtype, rng, threads)

@@ -474,7 +474,10 @@ def test_all_registered_layers_are_covered():
 def test_layer_keeps_dtype_and_leaves_inputs_untouched(spec, shape, dtype, train):
     layer = make(spec, shape, dtype)
     x = np.random.default_rng(0).standard_normal((3, *shape)).astype(dtype)
-    y, g, dx = run(layer, x, train=train)   # run() asserts x and g are unchanged (and read-only)
+    if not train:   # an evaluation forward, then a training one (backward needs it)
+        y = layer.forward(readonly(x), train=False)
+        assert y.dtype == dtype and y.shape == (3, *layer.output_shape(shape))
+    y, g, dx = run(layer, x, train=True)   # run() asserts x and g are unchanged (and read-only)
     assert y.dtype == dtype and dx.dtype == dtype
     assert y.shape == (3, *layer.output_shape(shape)) and dx.shape == x.shape
     for name, grad in layer.grads.items():
@@ -488,3 +491,112 @@ def test_layer_takes_an_empty_batch(spec, shape):
     y = layer.forward(np.zeros((0, *shape), np.float32), train=train)
     assert y.shape == (0, *layer.output_shape(shape))
     assert layer.backward(np.zeros_like(y)).shape == (0, *shape)
+
+
+# --- worker threads, evaluation caches, returned arrays --------------------------------------------
+CNN_SPEC = [
+    {"type": "conv2d", "out_channels": 6, "kernel_size": 3, "padding": 1}, {"type": "relu"},
+    {"type": "maxpool2d", "kernel_size": 2},
+    {"type": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1}, {"type": "relu"},
+    {"type": "maxpool2d", "kernel_size": 3, "stride": 2, "padding": 1},
+    {"type": "conv2d", "out_channels": 5, "kernel_size": 2, "stride": 2}, {"type": "relu"},
+    {"type": "avgpool2d", "kernel_size": 2, "padding": 1},
+    {"type": "flatten"}, {"type": "linear", "out_features": 7}, {"type": "relu"},
+    {"type": "linear", "out_features": 3},
+]
+
+
+def _cnn_pass(threads: int, train_batches: int = 2):
+    from nntrain.model import build_model
+    model = build_model(CNN_SPEC, (2, 16, 12), seed=3, dtype=np.float32, threads=threads)
+    rng = np.random.default_rng(5)
+    out = []
+    for _ in range(train_batches):
+        x = rng.standard_normal((7, 2, 16, 12)).astype(np.float32)
+        y = model.forward(x, train=True)
+        dx = model.backward(rng.standard_normal(y.shape).astype(np.float32))
+        out += [y, dx] + [g.copy() for _, _, g in model.parameters()]
+    out.append(model.forward(rng.standard_normal((9, 2, 16, 12)).astype(np.float32), train=False))
+    model.close()
+    return out
+
+
+def test_worker_threads_give_bit_identical_results(monkeypatch):
+    """Element-wise work split over the batch across 2 or 3 threads equals one thread, bit for bit."""
+    import nntrain.parallel
+    monkeypatch.setattr(nntrain.parallel, "MIN_ITEMS_PER_PIECE", 1)   # split even these small arrays
+    reference = _cnn_pass(1)
+    for threads in (2, 3):
+        for a, b in zip(reference, _cnn_pass(threads)):
+            assert a.dtype == b.dtype == np.float32
+            np.testing.assert_array_equal(a, b)
+
+
+def test_workers_split_pieces_errors_and_close():
+    from nntrain.parallel import Workers, split
+    w = Workers(3)
+    assert [(p.start, p.stop) for p in w.pieces(10, items_per_sample=1 << 20)] == [(0, 3), (3, 6), (6, 10)]
+    assert w.pieces(10, items_per_sample=1) == [slice(0, 10)]          # too little work to split
+    assert w.pieces(0, items_per_sample=1 << 20) == [slice(0, 0)]
+    out = np.zeros(10)
+    split(w, lambda s: out.__setitem__(s, s.start), 10, 1 << 20)
+    assert out.tolist() == [0] * 3 + [3] * 3 + [6] * 4
+
+    def boom(s):
+        if s.start == 6:
+            raise ValueError("piece 3")
+    with pytest.raises(ValueError, match="piece 3"):
+        w.split(boom, 10, 1 << 20)
+    w.close()
+    split(w, lambda s: out.__setitem__(s, -1), 10, 1 << 20)   # usable again after close
+    assert (out == -1).all()
+    w.close()
+    split(None, lambda s: out.__setitem__(s, 2), 10)            # no pool: one call, this thread
+    assert (out == 2).all()
+
+
+EVAL_SPECS = [
+    ({"type": "conv2d", "out_channels": 3, "kernel_size": 3, "padding": 1}, (2, 5, 6)),
+    ({"type": "conv2d", "out_channels": 3, "kernel_size": 3, "padding": 1}, (6, 5, 6)),
+    ({"type": "maxpool2d", "kernel_size": 2}, (2, 5, 6)),
+    ({"type": "avgpool2d", "kernel_size": 2, "padding": 1}, (2, 5, 6)),
+    ({"type": "linear", "out_features": 4}, (6,)),
+    ({"type": "relu"}, (2, 5, 6)),
+]
+
+
+@pytest.mark.parametrize("spec, shape", EVAL_SPECS, ids=lambda v: v["type"] if isinstance(v, dict) else "")
+def test_evaluation_forward_keeps_nothing_for_backward(spec, shape):
+    """train=False keeps no masks / indices / saved inputs (backward then raises), and a conv keeps
+    the buffers of its training batch size, not those of a larger evaluation batch."""
+    layer = make(spec, shape, np.float32)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, *shape)).astype(np.float32)
+    y = layer.forward(x, train=True)
+    kept = {k: v.shape for k, v in vars(layer).items() if isinstance(v, np.ndarray)}
+    layer.forward(rng.standard_normal((11, *shape)).astype(np.float32), train=False)
+    for k, v in vars(layer).items():
+        if isinstance(v, np.ndarray):
+            assert 11 not in v.shape[:2], f"{k} {v.shape} sized for the evaluation batch"
+            if k in kept:
+                assert v.shape == kept[k]
+    with pytest.raises(RuntimeError, match="train=True"):
+        layer.backward(np.ones_like(y))
+    layer.forward(x, train=True)
+    assert layer.backward(np.ones_like(y)).shape == x.shape
+
+
+@pytest.mark.parametrize("spec, shape", ALL_SPECS, ids=lambda v: v["type"] if isinstance(v, dict) else "")
+def test_returned_arrays_survive_later_calls(spec, shape):
+    """forward/backward results belong to the caller: a second call (same shape) does not change them."""
+    layer = make(spec, shape, np.float32)
+    rng = np.random.default_rng(0)
+    x1, x2 = (rng.standard_normal((3, *shape)).astype(np.float32) for _ in range(2))
+    y1 = layer.forward(x1, train=True)
+    g1 = rng.standard_normal(y1.shape).astype(np.float32)
+    dx1 = layer.backward(g1)
+    y1c, dx1c = y1.copy(), dx1.copy()
+    y2 = layer.forward(x2, train=True)
+    layer.backward(rng.standard_normal(y2.shape).astype(np.float32))
+    np.testing.assert_array_equal(y1, y1c)
+    np.testing.assert_array_equal(dx1, dx1c)

@@ -5,18 +5,36 @@ from __future__ import annotations
 import numpy as np
 
 from nntrain.layers.base import Layer, Option, register, require_shape
+from nntrain.parallel import split
 
 
 @register("relu")
 class ReLU(Layer):
-    """y = max(x, 0); dx = g · [x > 0] (the subgradient at 0 is 0, as in PyTorch)."""
+    """y = max(x, 0); dx = g · [x > 0] (the subgradient at 0 is 0, as in PyTorch).
+
+    Outputs keep the input's memory layout (channels-last stays channels-last); the work is split
+    over the batch axis across `workers`."""
 
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
-        self.mask = x > 0
-        return np.maximum(x, 0)
+        y = np.empty_like(x)
+        mask = np.empty_like(x, dtype=bool) if train else None
+
+        def work(s: slice) -> None:
+            if mask is not None:
+                np.greater(x[s], 0, out=mask[s])
+            np.maximum(x[s], 0, out=y[s])
+
+        split(self.workers, work, len(x), x[:1].size)
+        self.mask = mask
+        return y
 
     def backward(self, grad: np.ndarray) -> np.ndarray:
-        return grad * self.mask
+        mask = getattr(self, "mask", None)
+        if mask is None:
+            raise self._no_cache()
+        dx = np.empty_like(grad)
+        split(self.workers, lambda s: np.multiply(grad[s], mask[s], out=dx[s]), len(grad), grad[:1].size)
+        return dx
 
 
 @register("leaky_relu")

@@ -25,12 +25,24 @@ class Layer:
     `build` (when they have parameters), `forward` and `backward`. `params` and `grads` have the same
     keys and shapes; `buffers` hold non-trained state saved in checkpoints (batchnorm statistics).
     `decayed` names the params that the per-layer `weight_decay` λ applies to (dW += λW).
-    Layers never modify the arrays passed to forward/backward.
+
+    Array policy:
+    - Layers never modify the arrays passed to forward/backward.
+    - forward/backward return arrays the caller owns: fresh arrays (or views of the caller's own
+      input, as flatten's reshape), never a layer's reused internal buffer, so a caller may keep
+      a result across later calls. Internal scratch (conv's padded input, column matrix and col2im
+      products) is reused across batches of one shape and never handed out.
+    - forward(x, train=True) keeps what backward needs (masks, indices, saved inputs/columns);
+      forward(x, train=False) keeps none of it (and no buffers sized for evaluation batches), so
+      backward after an evaluation forward raises RuntimeError.
+    - `workers` (a nntrain.parallel.Workers, set by the Model; None: one thread) splits element-wise
+      work over the batch axis; results do not depend on the number of threads.
     """
 
     type_name: ClassVar[str] = ""
     options: ClassVar[dict[str, Option]] = {}
     decayed: ClassVar[tuple[str, ...]] = ()
+    workers: Any = None   # nntrain.parallel.Workers or None; set by Model
 
     def __init__(self, **opts: Any):
         values = validate_options(self.options, opts, f"layer '{self.type_name}'")
@@ -74,6 +86,10 @@ class Layer:
 
     def backward(self, grad: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def _no_cache(self) -> RuntimeError:
+        return RuntimeError(f"{self.type_name}.backward needs a forward(x, train=True) before it "
+                            "(an evaluation forward keeps nothing for backward)")
 
     def apply_weight_decay(self) -> None:
         """Add λ·p to the gradient of each decayed param (L2 penalty λ/2·||p||², as in the report)."""

@@ -7,9 +7,10 @@ copied into the column matrix cols (N·OH·OW, kh·kw·C) whose rows are contigu
 Conv2D._buffers). Then y = cols @ Wm, Wm (kh·kw·C, O), with the bias folded into the same GEMM, and
 the result (N, OH, OW, O) is returned as an NCHW *view* (N, O, OH, OW) of channels-last memory:
 element-wise layers and pooling keep that layout, so the next conv and this conv's backward read it
-without a transpose copy. Buffers (xp, cols) are reused across batches of the same shape.
-Backward: dW is one GEMM with the saved columns; dx is one batched GEMM per kernel offset followed by
-kh·kw whole-array adds (col2im); no Python loop over pixels, samples or channels.
+without a transpose copy. Buffers (xp, cols, and backward's col2im products) are reused across
+batches of the same shape. Backward: dW is one GEMM with the saved columns; dx is one batched GEMM per
+kernel offset followed by kh·kw whole-array adds (col2im); no Python loop over pixels or channels.
+The im2col copies and col2im adds are split over the batch axis across the model's `workers`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from numpy.lib.stride_tricks import as_strided
 from nntrain.errors import ShapeError
 from nntrain.init import INITS, initialize
 from nntrain.layers.base import Layer, Option, Shape, register, require_shape
+from nntrain.parallel import split
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -99,8 +101,8 @@ class Conv2D(Layer):
         self._xp: np.ndarray | None = None     # padded input, reused across batches of one shape
         self._cols: np.ndarray | None = None   # column matrix, reused likewise
 
-    def _buffers(self, x: np.ndarray, oh: int, ow: int) -> tuple[np.ndarray, np.ndarray]:
-        """The padded input and column buffers for x's shape and dtype (re-made only when they change).
+    def _buffers(self, x: np.ndarray, oh: int, ow: int, train: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The padded input and column buffers for x's shape and dtype.
 
         Channels-last (C > PLANAR_MAX_CHANNELS): xp (N, Hp, Wp, C), cols (N·OH·OW, kh·kw·C [+1]).
         Planar (few channels): xp (C, N, Hp, Wp), colsᵀ (kh·kw·C [+1], N·OH·OW); one column row would
@@ -108,46 +110,63 @@ class Conv2D(Layer):
         With a bias, the columns get one more entry that is always 1 and Wm one more row, b: the GEMM
         then adds the bias (saving a pass over y, ~40% of conv forward time for C=1) and the dW GEMM
         yields db = Σ g.
+        Training (train=True) keeps them for the next batch of the same shape (and for backward); an
+        evaluation forward uses the kept ones when the shape matches, else temporaries that are freed
+        afterwards, so buffers for large evaluation batches do not stay alive during training.
         """
         n, c, h, w = x.shape
         (ph, pw), (kh, kw) = self.padding, self.kernel_size
         planar = c <= PLANAR_MAX_CHANNELS
         shape = (c, n, h + 2 * ph, w + 2 * pw) if planar else (n, h + 2 * ph, w + 2 * pw, c)
-        if self._xp is None or self._xp.shape != shape or self._xp.dtype != x.dtype:
-            self._xp = np.zeros(shape, dtype=x.dtype)  # the border stays zero: only the interior is written
-            k = kh * kw * c + (1 if self.bias else 0)
-            self._cols = np.empty((k, n * oh * ow) if planar else (n * oh * ow, k), dtype=x.dtype)
-            if self.bias:   # the constant-1 entry, written once
-                (self._cols[-1] if planar else self._cols[:, -1]).fill(1)
-        return self._xp, self._cols
+        if self._xp is not None and self._xp.shape == shape and self._xp.dtype == x.dtype:
+            return self._xp, self._cols
+        xp = np.zeros(shape, dtype=x.dtype)  # the border stays zero: only the interior is written
+        k = kh * kw * c + (1 if self.bias else 0)
+        cols = np.empty((k, n * oh * ow) if planar else (n * oh * ow, k), dtype=x.dtype)
+        if self.bias:   # the constant-1 entry, written once
+            (cols[-1] if planar else cols[:, -1]).fill(1)
+        if train:
+            self._xp, self._cols = xp, cols
+        return xp, cols
 
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         n, c, h, w = x.shape
         (ph, pw), (kh, kw), (sh, sw) = self.padding, self.kernel_size, self.stride
         oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
-        xp, cols = self._buffers(x, oh, ow)
-        self._in_shape, self._planar = x.shape, c <= PLANAR_MAX_CHANNELS
+        xp, cols = self._buffers(x, oh, ow, train)
+        planar = c <= PLANAR_MAX_CHANNELS
+        self._saved = (x.shape, planar) if train else None   # backward reads self._cols
         # Wm[(a, b, c), o] = W[o, c, a, b], matching the (kh, kw, C) order of a column; then b.
         k = kh * kw * c
-        wm = np.empty((cols.shape[0 if self._planar else 1], self.out_channels), dtype=self.params["W"].dtype)
+        wm = np.empty((cols.shape[0 if planar else 1], self.out_channels), dtype=self.params["W"].dtype)
         wm[:k] = self.params["W"].transpose(2, 3, 1, 0).reshape(k, self.out_channels)
         if self.bias:
             wm[k] = self.params["b"]
-        if self._planar:
-            xp[:, :, ph:ph + h, pw:pw + w] = x.transpose(1, 0, 2, 3)
+        m = oh * ow   # column rows (or planar columns) per sample
+        if planar:
             planes = cols[:k].reshape(kh, kw, c, n, oh, ow)
-            for a in range(kh):
-                for b in range(kw):
-                    planes[a, b] = xp[:, :, a:a + sh * (oh - 1) + 1:sh, b:b + sw * (ow - 1) + 1:sw]
-            y = cols.T @ wm
+
+            def fill(s: slice) -> None:
+                xp[:, s, ph:ph + h, pw:pw + w] = x[s].transpose(1, 0, 2, 3)
+                for a in range(kh):
+                    for b in range(kw):
+                        planes[a, b, :, s] = xp[:, s, a:a + sh * (oh - 1) + 1:sh, b:b + sw * (ow - 1) + 1:sw]
         else:
-            xp[:, ph:ph + h, pw:pw + w, :] = channels_last(x)
-            np.copyto(cols[:, :k].reshape(n, oh, ow, kh, kw, c), window_view(xp, (kh, kw), (sh, sw), (oh, ow)))
-            y = cols @ wm
+            def fill(s: slice) -> None:
+                xs = xp[s]
+                xs[:, ph:ph + h, pw:pw + w, :] = channels_last(x[s])
+                rows = cols[s.start * m:s.stop * m, :k]
+                np.copyto(rows.reshape(s.stop - s.start, oh, ow, kh, kw, c),
+                          window_view(xs, (kh, kw), (sh, sw), (oh, ow)))
+
+        split(self.workers, fill, n, m * k)
+        y = cols.T @ wm if planar else cols @ wm
         return y.reshape(n, oh, ow, self.out_channels).transpose(0, 3, 1, 2)
 
     def backward(self, grad: np.ndarray) -> np.ndarray | None:
-        n, c, h, w = self._in_shape
+        if getattr(self, "_saved", None) is None:
+            raise self._no_cache()
+        (n, c, h, w), planar = self._saved
         (ph, pw), (kh, kw), (sh, sw) = self.padding, self.kernel_size, self.stride
         o = self.out_channels
         _, _, oh, ow = grad.shape
@@ -155,7 +174,7 @@ class Conv2D(Layer):
         # dW[o, c, a, b] = Σ_rows cols[row, (a, b, c)] · g[row, o]; the constant-1 entry gives db = Σ_rows g.
         # The GEMM orientation of each layout is the faster one measured: (kk, O) planar, (O, kk) otherwise.
         k = kh * kw * c
-        gw = self._cols @ g if self._planar else (g.T @ self._cols).T
+        gw = self._cols @ g if planar else (g.T @ self._cols).T
         np.copyto(self.grads["W"], gw[:k].reshape(kh, kw, c, o).transpose(3, 2, 0, 1))
         if self.bias:
             np.copyto(self.grads["b"], gw[k])
@@ -166,21 +185,30 @@ class Conv2D(Layer):
         # d[a, b] = g · W[:, :, a, b]ᵀ (N, OH, OW, C), which lands on the input pixels
         # (i·sh + a - ph, j·sw + b - pw); each offset adds its in-bounds part to dx. Measured ~25% faster
         # than one (N·OH·OW, kh·kw·C) GEMM whose scattered 32-float column slices make the adds slow.
+        # d is scratch reused across batches of one shape; dx is a fresh array (the caller's).
         wb = self.params["W"].transpose(2, 3, 0, 1).reshape(kh * kw, o, c)
-        d = np.matmul(g, wb).reshape(kh, kw, n, oh, ow, c)
+        dshape = (kh * kw, n * oh * ow, c)
+        if getattr(self, "_d", None) is None or self._d.shape != dshape or self._d.dtype != g.dtype:
+            self._d = np.empty(dshape, dtype=np.result_type(g, wb))
+        d = np.matmul(g, wb, out=self._d).reshape(kh, kw, n, oh, ow, c)
         rows = [_landing(a, sh, ph, oh, h) for a in range(kh)]
         cols = [_landing(b, sw, pw, ow, w) for b in range(kw)]
         full = (slice(0, oh), slice(0, h, 1)), (slice(0, ow), slice(0, w, 1))
-        if (sh, sw) == (1, 1) and ph < kh and pw < kw and (rows[ph], cols[pw]) == full:
-            dx = d[ph, pw]   # the centre offset covers every pixel once: it starts the sum (d is ours)
-            skip = (ph, pw)
-        else:
-            dx = np.zeros((n, h, w, c), dtype=d.dtype)
-            skip = None
-        for a, (src_i, dst_i) in enumerate(rows):
-            for b, (src_j, dst_j) in enumerate(cols):
-                if (a, b) != skip and src_i.stop > src_i.start and src_j.stop > src_j.start:
-                    dx[:, dst_i, dst_j, :] += d[a, b, :, src_i, src_j, :]
+        centre = (ph, pw) if ((sh, sw) == (1, 1) and ph < kh and pw < kw and (rows[ph], cols[pw]) == full) else None
+        dx = np.empty((n, h, w, c), dtype=d.dtype)
+
+        def col2im(s: slice) -> None:
+            dxs = dx[s]
+            if centre is not None:   # the centre offset covers every pixel once: it starts the sum
+                np.copyto(dxs, d[ph, pw, s])
+            else:
+                dxs.fill(0)
+            for a, (src_i, dst_i) in enumerate(rows):
+                for b, (src_j, dst_j) in enumerate(cols):
+                    if (a, b) != centre and src_i.stop > src_i.start and src_j.stop > src_j.start:
+                        dxs[:, dst_i, dst_j, :] += d[a, b, s, src_i, src_j, :]
+
+        split(self.workers, col2im, n, h * w * c * kh * kw)
         return dx.transpose(0, 3, 1, 2)
 
     def flops(self, input_shape: Shape) -> int:

@@ -38,13 +38,15 @@ class Linear(Layer):
             self.add_param("b", np.zeros(self.out_features))
 
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
-        self.x = x
+        self.x = x if train else None   # backward's dW = xᵀ·g; an evaluation forward keeps nothing
         y = x @ self.params["W"]
         if self.bias:
             y += self.params["b"]
         return y
 
     def backward(self, grad: np.ndarray) -> np.ndarray | None:
+        if getattr(self, "x", None) is None:
+            raise self._no_cache()
         np.matmul(self.x.T, grad, out=self.grads["W"])
         if self.bias:
             np.sum(grad, axis=0, out=self.grads["b"])

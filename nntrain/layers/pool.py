@@ -19,6 +19,7 @@ import numpy as np
 from nntrain.errors import ConfigError, ShapeError
 from nntrain.layers.base import Layer, Option, Shape, register, require_shape
 from nntrain.layers.conv import conv_output_size
+from nntrain.parallel import split
 
 
 def is_channels_last(x: np.ndarray) -> bool:
@@ -70,8 +71,9 @@ class _Pool2D(Layer):
                              f"{h + 2 * ph}x{w + 2 * pw}", "kernel_size")
         return (c, conv_output_size(h, kh, self.stride[0], ph), conv_output_size(w, kw, self.stride[1], pw))
 
-    def _padded(self, x: np.ndarray) -> np.ndarray:
-        """x itself without padding, else a reused buffer holding x inside a `pad_value` border."""
+    def _padded(self, x: np.ndarray, train: bool) -> np.ndarray:
+        """x itself without padding, else a buffer holding x inside a `pad_value` border: reused across
+        training batches of one shape; an evaluation batch of another shape gets a temporary."""
         ph, pw = self.padding
         if ph == 0 and pw == 0:
             return x
@@ -79,7 +81,9 @@ class _Pool2D(Layer):
         shape, cl = (n, c, h + 2 * ph, w + 2 * pw), is_channels_last(x)
         xp = self._xp
         if xp is None or xp.shape != shape or xp.dtype != x.dtype or is_channels_last(xp) != cl:
-            xp = self._xp = empty_in_layout(shape, x.dtype, cl, self.pad_value)
+            xp = empty_in_layout(shape, x.dtype, cl, self.pad_value)
+            if train:
+                self._xp = xp
         xp[:, :, ph:ph + h, pw:pw + w] = x
         return xp
 
@@ -99,7 +103,10 @@ class _Pool2D(Layer):
         return (sh, sw) == (kh, kw) and ph == pw == 0 and h % kh == 0 and w % kw == 0
 
     def _grad_input(self, grad: np.ndarray, contribution) -> np.ndarray:
-        """Assemble dx from per-offset contributions `contribution(o, grad, out)` (written into `out`)."""
+        """Assemble dx from per-offset contributions `contribution(o, grad, out, s)` (written into `out`;
+        `s` is the batch slice that grad and out cover)."""
+        if getattr(self, "_geom", None) is None:
+            raise self._no_cache()
         n, c, h, w = self._in_shape
         ph, pw = self.padding
         cl = self._channels_last
@@ -110,14 +117,24 @@ class _Pool2D(Layer):
         _, _, views = self._geom
         if self._tiles_exactly(h, w):
             dx = empty_in_layout((n, c, h, w), grad.dtype, cl)
-            for o, index in views:
-                contribution(o, grad, dx[index])
+
+            def work(s: slice) -> None:
+                gs, dxs = grad[s], dx[s]
+                for o, index in views:
+                    contribution(o, gs, dxs[index], s)
+
+            split(self.workers, work, n, c * h * w)
             return dx
         dxp = empty_in_layout((n, c, h + 2 * ph, w + 2 * pw), grad.dtype, cl, 0.0)
-        tmp = np.empty_like(grad)
-        for o, index in views:
-            contribution(o, grad, tmp)
-            dxp[index] += tmp
+
+        def work_overlapping(s: slice) -> None:
+            gs, dxs = grad[s], dxp[s]
+            tmp = np.empty_like(gs)
+            for o, index in views:
+                contribution(o, gs, tmp, s)
+                dxs[index] += tmp
+
+        split(self.workers, work_overlapping, n, c * h * w)
         return dxp[:, :, ph:ph + h, pw:pw + w]
 
 
@@ -129,32 +146,47 @@ class MaxPool2D(_Pool2D):
     pad_value = -np.inf
 
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
-        xp = self._padded(x)
-        oh, ow, views = self._geom = self._geometry(x)
-        self._in_shape, self._channels_last = x.shape, is_channels_last(x)
+        xp = self._padded(x, train)
+        oh, ow, views = geom = self._geometry(x)
+        cl = is_channels_last(x)
         n, c = x.shape[:2]
-        y = empty_in_layout((n, c, oh, ow), x.dtype, self._channels_last)
-        np.copyto(y, xp[views[0][1]])
+        y = empty_in_layout((n, c, oh, ow), x.dtype, cl)
         # idx = the offset of the first maximum: an offset overrides only with a strictly larger value,
         # and offsets come in increasing order, so max(idx, o·[v > y]) keeps the latest strict winner.
+        # Evaluation (train=False) needs no idx: a chain of np.maximum.
         idx_dtype = np.uint8 if len(views) <= 256 else np.int32
-        idx = empty_in_layout(y.shape, idx_dtype, self._channels_last, 0)
-        better = np.empty_like(y, dtype=bool)
-        code = np.empty_like(idx)
-        for o, index in views[1:]:
-            v = xp[index]
-            np.greater(v, y, out=better)
-            np.multiply(better, idx_dtype(o), out=code)
-            np.maximum(idx, code, out=idx)
-            np.maximum(y, v, out=y)   # np.maximum propagates NaN, like PyTorch
-        self._idx = idx
+        idx = empty_in_layout(y.shape, idx_dtype, cl) if train else None
+
+        def work(s: slice) -> None:
+            xs, ys = xp[s], y[s]
+            np.copyto(ys, xs[views[0][1]])
+            if idx is None:
+                for _, index in views[1:]:
+                    np.maximum(ys, xs[index], out=ys)
+                return
+            ids = idx[s]
+            ids.fill(0)
+            better = np.empty_like(ys, dtype=bool)
+            code = np.empty_like(ids)
+            for o, index in views[1:]:
+                v = xs[index]
+                np.greater(v, ys, out=better)
+                np.multiply(better, idx_dtype(o), out=code)
+                np.maximum(ids, code, out=ids)
+                np.maximum(ys, v, out=ys)   # np.maximum propagates NaN, like PyTorch
+
+        split(self.workers, work, n, c * x.shape[2] * x.shape[3])
+        if train:
+            self._geom, self._in_shape, self._channels_last, self._idx = geom, x.shape, cl, idx
+        else:
+            self._geom = self._idx = None
         return y
 
     def backward(self, grad: np.ndarray) -> np.ndarray:
-        idx = self._idx
+        idx = self._idx if getattr(self, "_geom", None) is not None else None
 
-        def contribution(o: int, g: np.ndarray, out: np.ndarray) -> None:
-            np.multiply(g, idx == o, out=out)
+        def contribution(o: int, g: np.ndarray, out: np.ndarray, s: slice) -> None:
+            np.multiply(g, idx[s] == o, out=out)
 
         return self._grad_input(grad, contribution)
 
@@ -165,17 +197,28 @@ class AvgPool2D(_Pool2D):
     count_include_pad=True); backward spreads g / (kh·kw) over each window."""
 
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
-        xp = self._padded(x)
-        oh, ow, views = self._geom = self._geometry(x)
-        self._in_shape, self._channels_last = x.shape, is_channels_last(x)
+        xp = self._padded(x, train)
+        oh, ow, views = geom = self._geometry(x)
+        cl = is_channels_last(x)
         n, c = x.shape[:2]
-        y = empty_in_layout((n, c, oh, ow), x.dtype, self._channels_last)
-        np.copyto(y, xp[views[0][1]])
-        for _, index in views[1:]:
-            y += xp[index]
-        y *= 1.0 / len(views)
+        y = empty_in_layout((n, c, oh, ow), x.dtype, cl)
+
+        def work(s: slice) -> None:
+            xs, ys = xp[s], y[s]
+            np.copyto(ys, xs[views[0][1]])
+            for _, index in views[1:]:
+                ys += xs[index]
+            ys *= 1.0 / len(views)
+
+        split(self.workers, work, n, c * x.shape[2] * x.shape[3])
+        if train:
+            self._geom, self._in_shape, self._channels_last = geom, x.shape, cl
+        else:
+            self._geom = None
         return y
 
     def backward(self, grad: np.ndarray) -> np.ndarray:
+        if getattr(self, "_geom", None) is None:
+            raise self._no_cache()
         share = grad * (1.0 / len(self._geom[2]))
-        return self._grad_input(share, lambda o, g, out: np.copyto(out, g))
+        return self._grad_input(share, lambda o, g, out, s: np.copyto(out, g))

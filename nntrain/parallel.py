@@ -1,0 +1,102 @@
+"""A small thread pool for NumPy's element-wise work, split over the batch axis.
+
+NumPy runs element-wise operations (ReLU, pooling, the im2col/col2im copies and adds) on one thread,
+while the matrix products use every BLAS thread. `Workers` closes that gap: `workers.split(fn, n)`
+calls `fn(slice)` on contiguous pieces of `range(n)` (the batch axis) at once, one piece in the
+calling thread and the others in the pool; NumPy releases the GIL inside its loops, so the pieces
+run in parallel. Each sample's values are computed by the same operations whatever the number of
+pieces, so results are bit-identical for any thread count (tests/test_layers.py checks it).
+
+A pool is owned by an object (the Model makes one sized from the BLAS thread setting and hands it to
+its layers); there is no module-level pool. `close()` (or the owner being garbage collected) shuts
+the threads down.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+# A piece smaller than this many array elements is not worth a thread hand-off (~20-50 µs).
+MIN_ITEMS_PER_PIECE = 1 << 17
+
+
+def blas_threads() -> int:
+    """The thread count NumPy's BLAS was started with: OPENBLAS_NUM_THREADS / OMP_NUM_THREADS /
+    MKL_NUM_THREADS (what `nntrain --threads N` sets), else the usable cores (OpenBLAS's default)."""
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _shutdown(executor: ThreadPoolExecutor | None) -> None:
+    if executor is not None:
+        executor.shutdown(wait=False)
+
+
+class Workers:
+    """`threads` threads in all (the caller counts as one): threads - 1 pool threads, made on first use."""
+
+    def __init__(self, threads: int | None = None):
+        self.threads = max(1, int(blas_threads() if threads is None else threads))
+        self._executor: ThreadPoolExecutor | None = None
+        self._finalizer = weakref.finalize(self, _shutdown, None)
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="nntrain-worker")
+            self._finalizer.detach()
+            self._finalizer = weakref.finalize(self, _shutdown, self._executor)
+        return self._executor
+
+    def pieces(self, n: int, items_per_sample: int = 1) -> list[slice]:
+        """Contiguous slices of range(n): at most `threads` of them, none under MIN_ITEMS_PER_PIECE elements
+        (given `items_per_sample` elements of work per index)."""
+        k = min(self.threads, n, max(1, (n * items_per_sample) // MIN_ITEMS_PER_PIECE))
+        if k <= 1:
+            return [slice(0, n)]
+        bounds = [(n * i) // k for i in range(k + 1)]
+        return [slice(bounds[i], bounds[i + 1]) for i in range(k)]
+
+    def split(self, fn: Callable[[slice], None], n: int, items_per_sample: int = 1) -> None:
+        """Run fn(piece) for the pieces of range(n), in parallel; returns when all are done and re-raises
+        the first exception. fn must only write to its own piece of the outputs."""
+        pieces = self.pieces(n, items_per_sample)
+        if len(pieces) == 1:
+            fn(pieces[0])
+            return
+        futures = [self._pool().submit(fn, p) for p in pieces[1:]]
+        try:
+            fn(pieces[0])
+        finally:
+            errors = []
+            for f in futures:   # wait for every piece, even after an error: none may outlive the call
+                try:
+                    f.result()
+                except BaseException as e:  # noqa: BLE001
+                    errors.append(e)
+        if errors:
+            raise errors[0]
+
+    def close(self) -> None:
+        """Shut the pool threads down (a later split() starts new ones)."""
+        self._finalizer()
+        self._executor = None
+
+    def __repr__(self) -> str:
+        return f"Workers(threads={self.threads})"
+
+
+def split(workers: Workers | None, fn: Callable[[slice], None], n: int, items_per_sample: int = 1) -> None:
+    """workers.split(...), or fn(slice(0, n)) in this thread when there is no pool."""
+    if workers is None:
+        fn(slice(0, n))
+    else:
+        workers.split(fn, n, items_per_sample)
