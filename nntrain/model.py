@@ -8,7 +8,9 @@ import numpy as np
 
 from nntrain.errors import CheckpointError, ConfigError
 from nntrain.layers import layer_from_spec
+from nntrain.layers.activations import ReLU
 from nntrain.layers.base import Layer, Shape
+from nntrain.layers.pool import MaxPool2D
 from nntrain.parallel import Workers
 
 
@@ -37,6 +39,10 @@ class Model:
         self.workers = Workers(threads)
         for layer in self.layers:
             layer.workers = self.workers
+        # indices i of relu layers directly followed by a maxpool: forward runs the pair swapped
+        self._relu_pool = {i for i in range(len(self.layers) - 1)
+                           if type(self.layers[i]) is ReLU and type(self.layers[i + 1]) is MaxPool2D}
+        self._swapped: dict[int, np.ndarray | None] = {}
         self.input_shape = tuple(input_shape)
         self.dtype = np.dtype(dtype)
         self.rng = rng
@@ -48,9 +54,25 @@ class Model:
         self.output_shape = shape
 
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
-        """x: (N, *input_shape) -> (N, *output_shape)."""
-        for layer in self.layers:
-            x = layer.forward(x, train)
+        """x: (N, *input_shape) -> (N, *output_shape).
+
+        A relu directly followed by a maxpool runs after it instead: max and relu commute
+        (max_w relu(x) = relu(max_w x)), and the first maximum of relu(x) in a window is the first
+        maximum of x whenever the gradient is not zeroed by the relu, so outputs and gradients are the
+        same, while the relu works on the pool's smaller output (4x smaller for 2x2 pooling).
+        """
+        self._swapped = {}
+        layers, i = self.layers, 0
+        while i < len(layers):
+            if i in self._relu_pool:
+                x = layers[i + 1].forward(x, train)
+                x = layers[i].forward(x, train)
+                if train:   # backward takes the swapped order only while the relu still holds this mask
+                    self._swapped[i] = layers[i].mask
+                i += 2
+            else:
+                x = layers[i].forward(x, train)
+                i += 1
         return x
 
     def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
@@ -58,13 +80,22 @@ class Model:
 
         input_grad=False (training) returns None and skips work nobody needs, as PyTorch does for an
         input without requires_grad: the parameter-free layers before the first parameterised one, and
-        that layer's own dx (its `skip_input_grad`).
+        that layer's own dx (its `skip_input_grad`). Works after Model.forward and after running the
+        layers' forward one by one in order (as gradcheck does).
         """
         stop = 0
         if not input_grad:
             stop = next((i for i, layer in enumerate(self.layers) if layer.params), len(self.layers))
-        for i in range(len(self.layers) - 1, stop - 1, -1):
+        swapped = getattr(self, "_swapped", {})
+        i = len(self.layers) - 1
+        while i >= stop:
             layer = self.layers[i]
+            j = i - 1
+            if j >= stop and j in swapped and swapped[j] is not None and swapped[j] is getattr(self.layers[j], "mask", None):
+                grad = self.layers[j].backward(grad)   # relu (it ran after the pool)
+                grad = layer.backward(grad)            # maxpool
+                i -= 2
+                continue
             if i == stop and not input_grad and hasattr(layer, "skip_input_grad"):
                 layer.skip_input_grad = True
                 try:
@@ -73,6 +104,7 @@ class Model:
                     layer.skip_input_grad = False
             else:
                 grad = layer.backward(grad)
+            i -= 1
         return grad if input_grad else None
 
     __call__ = forward

@@ -600,3 +600,45 @@ def test_returned_arrays_survive_later_calls(spec, shape):
     layer.backward(rng.standard_normal(y2.shape).astype(np.float32))
     np.testing.assert_array_equal(y1, y1c)
     np.testing.assert_array_equal(dx1, dx1c)
+
+
+def _layerwise(model, x, g):
+    """Forward each layer in its listed order, then backward in reverse: the model's definition."""
+    h = x
+    for layer in model.layers:
+        h = layer.forward(h, train=True)
+    y = h
+    for layer in reversed(model.layers):
+        g = layer.backward(g)
+    return y, g, [p.copy() for _, _, p in model.parameters()]
+
+
+@pytest.mark.parametrize("pool", [{"kernel_size": 2}, {"kernel_size": 3, "stride": 2, "padding": 1}])
+def test_model_runs_relu_after_maxpool_with_identical_results(pool):
+    """Model.forward runs relu -> maxpool as maxpool -> relu (they commute); outputs and all gradients
+    equal the layer-by-layer order exactly, also with ties (constant regions) and all-negative windows;
+    model.backward also follows a layer-by-layer forward (as gradcheck does)."""
+    from nntrain.model import build_model
+    spec = [{"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1}, {"type": "relu"},
+            {"type": "maxpool2d", **pool}, {"type": "relu"}, {"type": "maxpool2d", "kernel_size": 2},
+            {"type": "flatten"}, {"type": "linear", "out_features": 3}]
+    model = build_model(spec, (1, 12, 12), seed=1, dtype=np.float32)
+    assert model._relu_pool == {1, 3}
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 1, 12, 12)).astype(np.float32)
+    x[:, :, :6, :6] = 0.0            # a constant region: ties in every window of the conv output
+    x[0] = -np.abs(x[0]) * 50         # mostly negative conv outputs
+    y = model.forward(x, train=True)
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    dx = model.backward(g)
+    grads = [p.copy() for _, _, p in model.parameters()]
+    y_ref, dx_ref, grads_ref = _layerwise(model, x, g)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(dx, dx_ref)
+    for a, b in zip(grads, grads_ref):
+        np.testing.assert_array_equal(a, b)
+    model.forward(x, train=True)     # swapped caches, then overwritten by a layer-by-layer forward
+    h = x
+    for layer in model.layers:
+        h = layer.forward(h, train=True)
+    np.testing.assert_array_equal(model.backward(g), dx_ref)
