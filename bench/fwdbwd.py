@@ -1,7 +1,8 @@
-"""Forward+backward time of the mnist-cnn reference net (DESIGN.md) on one float32 batch of 64:
+"""Forward+backward time of the mnist-cnn (or --net cifar: cifar-cnn) reference net (DESIGN.md) on one float32 batch:
 nntrain beside PyTorch, same process, same thread count. Not a test.
 
-usage: python bench/fwdbwd.py [--threads 2] [--repeats 30] [--rounds 3] [--batch 64] [--profile] [--clock cpu]
+usage: python bench/fwdbwd.py [--threads 2] [--net mnist|cifar] [--repeats 30] [--rounds 3] [--batch N] [--profile]
+       [--clock cpu] [--workers N] [--compare-workers]
 Prints the median (and best) milliseconds per forward+backward of each side and the ratio nntrain/PyTorch.
 Rounds alternate the two sides so that load from other processes hits both alike. On a busy machine
 trust the best-of figures; with --threads 1, `--clock cpu` (process CPU time) is robust to other load.
@@ -20,7 +21,9 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2, help="BLAS / torch threads (default 2)")
     ap.add_argument("--repeats", type=int, default=30, help="timed forward+backward passes per round")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of nntrain and torch")
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=None, help="default: the workload's (64 mnist, 128 cifar)")
+    ap.add_argument("--net", choices=("mnist", "cifar"), default="mnist",
+                    help="mnist-cnn (default) or cifar-cnn of DESIGN.md")
     ap.add_argument("--profile", action="store_true", help="also print nntrain's per-layer times")
     ap.add_argument("--input-grad", action="store_true",
                     help="compute dL/d(input) on both sides (by default neither does, as in training)")
@@ -43,7 +46,17 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import nntrain  # noqa: E402
 
-SPEC = [
+CIFAR_SPEC = [
+    {"type": "conv2d", "out_channels": 32, "kernel_size": 3, "padding": 1}, {"type": "relu"},
+    {"type": "conv2d", "out_channels": 32, "kernel_size": 3, "padding": 1}, {"type": "relu"},
+    {"type": "maxpool2d", "kernel_size": 2},
+    {"type": "conv2d", "out_channels": 64, "kernel_size": 3, "padding": 1}, {"type": "relu"},
+    {"type": "conv2d", "out_channels": 64, "kernel_size": 3, "padding": 1}, {"type": "relu"},
+    {"type": "maxpool2d", "kernel_size": 2},
+    {"type": "flatten"}, {"type": "linear", "out_features": 256}, {"type": "relu"},
+    {"type": "linear", "out_features": 10},
+]
+MNIST_SPEC = [
     {"type": "conv2d", "out_channels": 32, "kernel_size": 3, "padding": 1}, {"type": "relu"},
     {"type": "maxpool2d", "kernel_size": 2},
     {"type": "conv2d", "out_channels": 64, "kernel_size": 3, "padding": 1}, {"type": "relu"},
@@ -51,6 +64,9 @@ SPEC = [
     {"type": "flatten"}, {"type": "linear", "out_features": 128}, {"type": "relu"},
     {"type": "linear", "out_features": 10},
 ]
+SPEC, INPUT = (CIFAR_SPEC, (3, 32, 32)) if args.net == "cifar" else (MNIST_SPEC, (1, 28, 28))
+if args.batch is None:
+    args.batch = 128 if args.net == "cifar" else 64
 
 
 clock = time.perf_counter if args.clock == "wall" else time.process_time
@@ -67,7 +83,7 @@ def timed(step, repeats: int) -> list[float]:
 
 
 def nntrain_step(x: np.ndarray, labels: np.ndarray, workers: int | None = None):
-    model = nntrain.build_model(SPEC, input_shape=(1, 28, 28), seed=0, threads=workers)
+    model = nntrain.build_model(SPEC, input_shape=INPUT, seed=0, threads=workers)
     # PyTorch computes no gradient for an input that does not require one; the same here.
     model.layers[0].skip_input_grad = not args.input_grad
     loss = nntrain.SoftmaxCrossEntropy()
@@ -84,10 +100,16 @@ def torch_step(x: np.ndarray, labels: np.ndarray):
     from torch import nn
 
     torch.set_num_threads(args.threads)
-    net = nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
+    if args.net == "cifar":
+        net = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(64 * 8 * 8, 256), nn.ReLU(), nn.Linear(256, 10))
+    else:
+        net = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
     tx, ty = torch.from_numpy(x).requires_grad_(args.input_grad), torch.from_numpy(labels.astype(np.int64))
     lossf = nn.CrossEntropyLoss()
 
@@ -125,7 +147,7 @@ def profile(model, loss, x: np.ndarray, labels: np.ndarray, repeats: int = 20) -
 
 def main() -> None:
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((args.batch, 1, 28, 28)).astype(np.float32)
+    x = rng.standard_normal((args.batch, *INPUT)).astype(np.float32)
     labels = rng.integers(0, 10, size=args.batch)
     model, loss, ours = nntrain_step(x, labels, args.workers)
     single = nntrain_step(x, labels, 1)[2] if args.compare_workers else None
@@ -143,7 +165,7 @@ def main() -> None:
             times["nntrain-1w"] += timed(single, args.repeats)
         if theirs is not None:
             times["torch"] += timed(theirs, args.repeats)
-    print(f"mnist-cnn forward+backward, batch {args.batch}, float32, {args.threads} thread(s), {args.clock} clock")
+    print(f"{args.net}-cnn forward+backward, batch {args.batch}, float32, {args.threads} thread(s), {args.clock} clock")
     for side, ts in times.items():
         if ts:
             print(f"  {side:10s} median {1e3 * np.median(ts):7.2f} ms   best {1e3 * min(ts):7.2f} ms")

@@ -15,6 +15,7 @@ the threads down.
 from __future__ import annotations
 
 import os
+import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
@@ -39,6 +40,46 @@ def blas_threads() -> int:
 def _shutdown(executor: ThreadPoolExecutor | None) -> None:
     if executor is not None:
         executor.shutdown(wait=False)
+
+
+class _Job:
+    """fn over a list of pieces, each claimed by whichever thread asks first (caller or pool thread)."""
+
+    def __init__(self, fn: Callable[[slice], None], pieces: list[slice]):
+        self.fn, self.pieces = fn, pieces
+        self.lock = threading.Lock()
+        self.finished = threading.Condition(self.lock)
+        self.next = 0        # next unclaimed piece
+        self.running = 0     # claimed, not finished
+        self.error: BaseException | None = None
+
+    def work(self) -> None:
+        while True:
+            with self.lock:
+                if self.next >= len(self.pieces):
+                    return
+                piece = self.pieces[self.next]
+                self.next += 1
+                self.running += 1
+            try:
+                self.fn(piece)
+            except BaseException as e:  # noqa: BLE001  (re-raised in the caller by wait())
+                with self.lock:
+                    self.error = self.error or e
+                    self.next = len(self.pieces)   # stop handing out pieces
+            finally:
+                with self.lock:
+                    self.running -= 1
+                    if self.running == 0:
+                        self.finished.notify_all()
+
+    def wait(self) -> None:
+        """Return once every claimed piece is finished (the caller's work() has claimed the rest)."""
+        with self.lock:
+            while self.running:
+                self.finished.wait()
+        if self.error is not None:
+            raise self.error
 
 
 class Workers:
@@ -67,23 +108,23 @@ class Workers:
 
     def split(self, fn: Callable[[slice], None], n: int, items_per_sample: int = 1) -> None:
         """Run fn(piece) for the pieces of range(n), in parallel; returns when all are done and re-raises
-        the first exception. fn must only write to its own piece of the outputs."""
+        the first exception. fn must only write to its own piece of the outputs.
+
+        The pieces are claimed, not assigned: the calling thread works through them too and only waits
+        for pieces a pool thread has already started. On a busy machine, where a woken pool thread may
+        get a core only milliseconds later, the caller then simply does the work itself instead of
+        waiting for it (a fixed hand-off cost ~10x the work there).
+        """
         pieces = self.pieces(n, items_per_sample)
         if len(pieces) == 1:
             fn(pieces[0])
             return
-        futures = [self._pool().submit(fn, p) for p in pieces[1:]]
-        try:
-            fn(pieces[0])
-        finally:
-            errors = []
-            for f in futures:   # wait for every piece, even after an error: none may outlive the call
-                try:
-                    f.result()
-                except BaseException as e:  # noqa: BLE001
-                    errors.append(e)
-        if errors:
-            raise errors[0]
+        job = _Job(fn, pieces)
+        pool = self._pool()
+        for _ in range(len(pieces) - 1):
+            pool.submit(job.work)
+        job.work()
+        job.wait()
 
     def close(self) -> None:
         """Shut the pool threads down (a later split() starts new ones)."""
