@@ -25,6 +25,17 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
     return proc
 
 
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a valid, non-empty PNG (signature, IHDR chunk, Pillow's verify)."""
+    data = Path(path).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) > 1000, f"{path} is no PNG"
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.verify()
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
 def tiny_config(**changes) -> dict:
     """A fast config: an MLP on mnist-mini (trains an epoch in well under a second)."""
     cfg = {

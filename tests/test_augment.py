@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import png_size
 from nntrain.data import affine
 from nntrain.data.augment import (AUGMENTATIONS, Augment, Augmentation, augment_preview, build_augment,
                                   resolve_augment_specs)
@@ -303,12 +304,6 @@ train: {{epochs: 1, batch_size: 32}}
 
 
 # --- preview ------------------------------------------------------------------------------------------------
-def png_size(path) -> tuple[int, int]:
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
-    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-
-
 def test_augment_preview_writes_a_png_grid(tmp_path):
     rng = np.random.default_rng(0)
     colour = rng.integers(0, 256, (12, 3, 32, 32), dtype=np.uint8)

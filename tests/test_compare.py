@@ -10,14 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, tiny_config, write_config
+from conftest import png_size, run_cli, tiny_config, write_config
 from nntrain.compare import compare_runs, config_differences, flatten_config, read_run
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    data = Path(path).read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) > 1000
-    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
 @pytest.fixture(scope="module")

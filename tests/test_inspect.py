@@ -8,19 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_cli, tiny_config, write_config
+from conftest import png_size, run_cli, tiny_config, write_config
 from nntrain.weight_images import image_linear_index, kernel_tiles, save_model_figures, weight_tiles
 from nntrain.model import build_model
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the IHDR chunk of a valid, non-empty PNG."""
-    data = Path(path).read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) > 1000
-    from PIL import Image
-    with Image.open(path) as im:
-        im.verify()
-    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
 CNN = [{"type": "conv2d", "out_channels": 10, "kernel_size": 3}, {"type": "relu"},

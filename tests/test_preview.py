@@ -8,19 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_cli, tiny_config, write_config
+from conftest import png_size, run_cli, tiny_config, write_config
 from nntrain.errors import ConfigError
 
 AUGMENT = [{"type": "random_shift", "max_pixels": 2}, {"type": "random_rotate", "degrees": 10}]
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    data = Path(path).read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) > 1000
-    from PIL import Image
-    with Image.open(path) as im:
-        im.verify()
-    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
 def augmented_config(tmp_path: Path) -> Path:

@@ -5,24 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import run_cli, tiny_config, write_config
+from conftest import png_size, run_cli, tiny_config, write_config
 from nntrain.cli import cli
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    data = path.read_bytes()
-    assert data[:8] == PNG_MAGIC, f"{path} is not a PNG"
-    return struct.unpack(">II", data[16:24])
-
 
 def read_metrics(run: Path) -> list[dict]:
     with open(run / "metrics.csv") as f:
