@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from conftest import png_size, run_cli, tiny_config, write_config
 from nntrain.cli import cli
 
+
 def read_metrics(run: Path) -> list[dict]:
     with open(run / "metrics.csv") as f:
         return list(csv.DictReader(f))
