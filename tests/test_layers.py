@@ -642,3 +642,33 @@ def test_model_runs_relu_after_maxpool_with_identical_results(pool):
     for layer in model.layers:
         h = layer.forward(h, train=True)
     np.testing.assert_array_equal(model.backward(g), dx_ref)
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_conv2d_column_chunks_match_whole_batch(monkeypatch, skip):
+    """Large column matrices are built in chunks of samples (forward and backward): outputs and dx are
+    bit-identical to the whole-batch GEMMs, dW/db equal up to float32 summation order."""
+    import nntrain.layers.conv as conv
+    spec = {"type": "conv2d", "out_channels": 5, "kernel_size": 3, "padding": 1, "weight_decay": 0.01}
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((7, 6, 9, 8)).astype(np.float32)
+    g = rng.standard_normal((7, 5, 9, 8)).astype(np.float32)
+    results = []
+    for above, chunk in ((1 << 40, 1 << 40), (0, 3 * 72 * 55 * 4)):   # whole batch; 3 samples per chunk
+        monkeypatch.setattr(conv, "CHUNK_ABOVE", above)
+        monkeypatch.setattr(conv, "CHUNK_BYTES", chunk)
+        layer = make(spec, (6, 9, 8), np.float32)
+        layer.skip_input_grad = skip
+        for _ in range(2):   # second pass reuses the buffers
+            y = layer.forward(x, train=True)
+            dx = layer.backward(g)
+        assert layer._cols.shape[0] == (7 if above else 3) * 72
+        results.append((y, dx, layer.grads["W"].copy(), layer.grads["b"].copy()))
+    (y0, dx0, w0, b0), (y1, dx1, w1, b1) = results
+    np.testing.assert_array_equal(y0, y1)
+    if skip:
+        assert dx0 is None and dx1 is None
+    else:
+        np.testing.assert_array_equal(dx0, dx1)
+    np.testing.assert_allclose(w0, w1, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(b0, b1, rtol=1e-5, atol=1e-5)
