@@ -334,6 +334,8 @@ class Trainer:
         """Test-set loss and accuracy from the best checkpoint (or the final weights), saved as test.json."""
         import json
 
+        if self.state.history:  # a run killed between its last checkpoint and metrics.csv resumes straight here
+            self._write_metrics()
         es = self.cfg["train"].get("early_stopping") or {}
         best_path = self.ckpt_dir / "best.npz"
         source = "last"

@@ -3,7 +3,8 @@ rename (after the temporary file is written and fsynced, before it replaces the 
 nastiest moment of a checkpoint write. Production code is untouched; only `os.replace` as seen by
 nntrain.atomic is wrapped.
 
-usage: python killer.py N nntrain-args...
+usage: python killer.py N nntrain-args...          (the N-th rename of the run)
+       python killer.py NAME:K nntrain-args...     (the K-th rename onto a file called NAME)
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import nntrain.atomic as atomic
 from nntrain.cli import main
 
 
-def _arm(n: int) -> None:
+def _arm(spec: str) -> None:
+    name, _, k = spec.rpartition(":")
+    n = int(k)
     calls = {"n": 0}
     real_replace = os.replace
 
@@ -26,6 +29,8 @@ def _arm(n: int) -> None:
 
         @staticmethod
         def replace(src, dst):
+            if name and os.path.basename(dst) != name:
+                return real_replace(src, dst)
             calls["n"] += 1
             if calls["n"] == n:
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -35,6 +40,6 @@ def _arm(n: int) -> None:
 
 
 if __name__ == "__main__":
-    _arm(int(sys.argv[1]))
+    _arm(sys.argv[1])
     sys.argv = ["nntrain"] + sys.argv[2:]
     main()

@@ -81,12 +81,13 @@ def reference(tmp_path_factory) -> tuple[Path, dict]:
     return cfg_path, fingerprint(tmp / "run")
 
 
-# The N-th atomic rename of a run: 1-3 are config.yaml and the first epoch's best/last checkpoint...
-@pytest.mark.parametrize("kill_at", [2, 3, 5, 9, 14])
-def test_sigkill_during_checkpoint_write_then_resume(tmp_path: Path, reference, kill_at: int) -> None:
+# The N-th atomic rename of a run (1-3 are config.yaml and the first epoch's best/last checkpoint...),
+# or the K-th rename onto a named file: the last epoch's metrics.csv, written after its last.npz
+@pytest.mark.parametrize("kill_at", ["2", "3", "5", "9", "14", "metrics.csv:4", "last.npz:4"])
+def test_sigkill_during_checkpoint_write_then_resume(tmp_path: Path, reference, kill_at: str) -> None:
     cfg_path, ref = reference
     run = tmp_path / "run"
-    code, _, _ = finish(cli(str(kill_at), "train", str(cfg_path), "--run-dir", str(run), "--no-progress",
+    code, _, _ = finish(cli(kill_at, "train", str(cfg_path), "--run-dir", str(run), "--no-progress",
                             wrapper=[str(HERE / "killer.py")]))
     assert code == -signal.SIGKILL
     # whatever was being written is intact: the previous version or nothing, never a torn file
