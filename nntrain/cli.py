@@ -29,7 +29,10 @@ def _set_threads(argv: list[str]) -> None:
     """Apply `--threads N` to the BLAS/OpenMP pools; must happen before NumPy is first imported.
 
     gradcheck defaults to one thread: its float64 products are tiny, and threads only add overhead.
+    OpenBLAS's idle threads otherwise spin between matrix products, taking the cores that the model's
+    element-wise workers need; a short OPENBLAS_THREAD_TIMEOUT lets them sleep (unless the user set it).
     """
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
     if "gradcheck" in argv and not any(a.startswith("--threads") for a in argv):
         argv = ["--threads", "1"] + list(argv)
     for i, arg in enumerate(argv):
