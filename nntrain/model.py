@@ -6,7 +6,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from nntrain.errors import CheckpointError, ConfigError
+from nntrain.checkpoint import load_arrays_into
+from nntrain.errors import ConfigError
 from nntrain.layers import layer_from_spec
 from nntrain.layers.activations import ReLU
 from nntrain.layers.base import Layer, Shape
@@ -138,21 +139,10 @@ class Model:
         return state
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        """Strict load into the existing arrays: every name must be present with the same shape."""
+        """Strict load into the existing arrays: every name present, same shapes, nothing extra."""
         targets = {n: p for n, p, _ in self.parameters()}
         targets.update(dict(self.buffers()))
-        missing = sorted(set(targets) - set(state))
-        extra = sorted(set(state) - set(targets))
-        if missing or extra:
-            raise CheckpointError(f"the weights do not match this model: missing {missing or 'none'}, "
-                                  f"unexpected {extra or 'none'}")
-        for name, target in targets.items():
-            value = np.asarray(state[name])
-            if value.shape != target.shape:
-                raise CheckpointError(f"weight '{name}' has shape {value.shape}, the model expects {target.shape}")
-            if not np.issubdtype(value.dtype, np.floating):
-                raise CheckpointError(f"weight '{name}' has dtype {value.dtype}, expected floating point")
-            target[...] = value
+        load_arrays_into(targets, state, "weight", "the model")
 
     def summary(self) -> str:
         """Keras-style table: layer, output shape, parameter count."""

@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
+from nntrain.checkpoint import load_arrays_into
 from nntrain.errors import CheckpointError, ConfigError
 from nntrain.options import Option, split_typed_spec, validate_options
 
@@ -104,19 +105,7 @@ class Optimizer:
         if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or lr < 0:
             raise CheckpointError(f"optimizer state: 'lr' must be a number >= 0, got {lr!r}")
         targets = {f"{s}/{n}": a for s, bufs in self.state.items() for n, a in zip(self.names, bufs)}
-        missing = sorted(set(targets) - set(arrays))
-        extra = sorted(set(arrays) - set(targets))
-        if missing or extra:
-            raise CheckpointError(f"the optimizer state does not match this model: missing {missing or 'none'}, "
-                                  f"unexpected {extra or 'none'}")
-        for key, target in targets.items():
-            value = np.asarray(arrays[key])
-            if value.shape != target.shape:
-                raise CheckpointError(f"optimizer state '{key}' has shape {value.shape}, expected {target.shape}")
-            if not np.issubdtype(value.dtype, np.floating):
-                raise CheckpointError(f"optimizer state '{key}' has dtype {value.dtype}, expected floating point")
-        for key, target in targets.items():  # all checked first: a failed load leaves the state untouched
-            target[...] = arrays[key]
+        load_arrays_into(targets, arrays, "optimizer state", "this model")
         self.steps = steps
         self.lr = float(lr)
 

@@ -7,15 +7,25 @@ infers its output shape, creates its `params` (with matching `grads`) in `build`
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Callable, ClassVar
 
 import numpy as np
 
 from nntrain.errors import ConfigError, ShapeError
-from nntrain.options import Option, unknown_key_message, validate_options  # noqa: F401  (re-exported)
+from nntrain.init import INITS
+from nntrain.options import Option, split_typed_spec, unknown_key_message, validate_options  # noqa: F401
 
 Shape = tuple[int, ...]
+
+
+def weight_options(bias_doc: str) -> dict[str, Option]:
+    """The options every layer with a weight and a bias shares (linear, conv2d)."""
+    return {
+        "bias": Option("bool", True, doc=bias_doc),
+        "weight_decay": Option("float", 0.0, minimum=0.0, doc="L2 coefficient λ: dW += λW"),
+        "init": Option("str", "he_normal", choices=INITS, doc="weight initialiser"),
+        "init_std": Option("float", 0.01, minimum=0.0, doc="std for init: normal"),
+    }
 
 
 class Layer:
@@ -140,17 +150,9 @@ def layer_from_spec(spec: Any, path: str = "layer") -> Layer:
     """
     if not isinstance(spec, dict):
         raise ConfigError(f"a layer must be a mapping with a 'type' key, got {spec!r}", path)
-    if "type" not in spec:
-        raise ConfigError("a layer needs a 'type' key; known types: " + ", ".join(sorted(REGISTRY)), path)
-    name = spec["type"]
-    if not isinstance(name, str) or name not in REGISTRY:
-        close = difflib.get_close_matches(str(name), REGISTRY, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"unknown layer type {name!r}{hint}; known types: {', '.join(sorted(REGISTRY))}",
-                          path + ".type")
-    opts = {k: v for k, v in spec.items() if k != "type"}
+    cls, opts = split_typed_spec(spec, REGISTRY, path, "layer")
     try:
-        return REGISTRY[name](**opts)
+        return cls(**opts)
     except ConfigError as e:
         raise e.located(prefix=path) from None
 

@@ -19,8 +19,8 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from nntrain.errors import ShapeError
-from nntrain.init import INITS, initialize
-from nntrain.layers.base import Layer, Option, Shape, register, require_shape
+from nntrain.init import initialize
+from nntrain.layers.base import Layer, Option, Shape, register, require_shape, weight_options
 from nntrain.parallel import split
 
 
@@ -83,10 +83,7 @@ class Conv2D(Layer):
         "kernel_size": Option("pair", minimum=1, doc="kernel height and width (an int for square)"),
         "stride": Option("pair", (1, 1), minimum=1, doc="step between receptive fields"),
         "padding": Option("pair", (0, 0), minimum=0, doc="zeros added on each side of H and W"),
-        "bias": Option("bool", True, doc="add a learned bias per output channel"),
-        "weight_decay": Option("float", 0.0, minimum=0.0, doc="L2 coefficient λ: dW += λW"),
-        "init": Option("str", "he_normal", choices=INITS, doc="weight initialiser"),
-        "init_std": Option("float", 0.01, minimum=0.0, doc="std for init: normal"),
+        **weight_options("add a learned bias per output channel"),
     }
     decayed = ("W",)
     skip_input_grad = False

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from nntrain.init import INITS, initialize
-from nntrain.layers.base import Layer, Option, Shape, register, require_shape
+from nntrain.init import initialize
+from nntrain.layers.base import Layer, Option, Shape, register, require_shape, weight_options
 
 
 @register("linear")
@@ -18,10 +18,7 @@ class Linear(Layer):
 
     options = {
         "out_features": Option("int", minimum=1, doc="number of output units"),
-        "bias": Option("bool", True, doc="add a learned bias"),
-        "weight_decay": Option("float", 0.0, minimum=0.0, doc="L2 coefficient λ: dW += λW"),
-        "init": Option("str", "he_normal", choices=INITS, doc="weight initialiser"),
-        "init_std": Option("float", 0.01, minimum=0.0, doc="std for init: normal"),
+        **weight_options("add a learned bias"),
     }
     decayed = ("W",)
     skip_input_grad = False
