@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scaling", action="store_true",
                    help="also time nntrain mnist-cnn on 1/4 of the training set and on all of it (ratio ≤ 4.4)")
     p.add_argument("--data-root", type=Path, default=datasets.default_root(),
-                   help="holds mnist/ and cifar-10-batches-bin/ (default: $NNTRAIN_DATA, else ~/.cache/nntrain)")
+                   help="holds mnist/ and cifar10/cifar-10-batches-bin/ (default: $NNTRAIN_DATA, else ~/.cache/nntrain)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results (markdown beside it, .md)")
     p.add_argument("--work-dir", type=Path, default=None, help="scratch folder (default: a new temporary one)")
     p.add_argument("--keep", action="store_true", help="keep the scratch folder (run folders, logs)")

@@ -2,7 +2,7 @@
 training-set subsets (for `--quick` and `--scaling`) in the standard IDX format.
 
 Both sides read the very same files from the same data root: MNIST as `<root>/mnist/*-idx?-ubyte.gz`,
-CIFAR-10 as `<root>/cifar-10-batches-bin/*.bin`. A subset root holds the first `n` training images
+CIFAR-10 as `<root>/cifar10/cifar-10-batches-bin/*.bin` (nntrain's layout). A subset root holds the first `n` training images
 (MNIST's file order is already mixed) and the full test set.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                "t10k-labels-idx1-ubyte")
-CIFAR_DIR = "cifar-10-batches-bin"
+CIFAR_DIR = "cifar10/cifar-10-batches-bin"  # nntrain's layout under a data root
 CIFAR_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6)) + ("test_batch.bin",)
 CIFAR_RECORD = 1 + 3 * 32 * 32
 TRAIN_SIZE = {"mnist": 60000, "cifar10": 50000}
