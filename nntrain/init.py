@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 
-INITS = ("he_normal", "he_uniform", "xavier_normal", "xavier_uniform", "normal", "zeros")
+INITS = ("he_normal", "he_uniform", "xavier_normal", "xavier_uniform", "fan_in_uniform", "normal", "zeros")
 
 
 def initialize(kind: str, shape: tuple[int, ...], fan_in: int, fan_out: int, rng: np.random.Generator,
                dtype: np.dtype, std: float = 0.01) -> np.ndarray:
     """Draw an array of `shape` with the named scheme (float64 draw, cast to `dtype`).
 
-    he_*: variance 2/fan_in (ReLU nets); xavier_*: variance 2/(fan_in+fan_out); normal: N(0, std²).
+    he_*: variance 2/fan_in (ReLU nets); xavier_*: variance 2/(fan_in+fan_out); normal: N(0, std²);
+    fan_in_uniform: U(-1/√fan_in, 1/√fan_in), variance 1/(3·fan_in), PyTorch's default for its
+    Linear and Conv2d weights (kaiming_uniform with a = √5), a third of he's variance.
     Uniform variants use bound = sqrt(3·variance).
     """
     if kind == "zeros":
@@ -26,6 +28,8 @@ def initialize(kind: str, shape: tuple[int, ...], fan_in: int, fan_out: int, rng
         var = 2.0 / fan_in
     elif kind.startswith("xavier_"):
         var = 2.0 / (fan_in + fan_out)
+    elif kind == "fan_in_uniform":
+        var = 1.0 / (3.0 * fan_in)
     else:
         raise ValueError(f"unknown init {kind!r}; valid: {', '.join(INITS)}")
     if kind.endswith("_normal"):

@@ -672,3 +672,17 @@ def test_conv2d_column_chunks_match_whole_batch(monkeypatch, skip):
         np.testing.assert_array_equal(dx0, dx1)
     np.testing.assert_allclose(w0, w1, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(b0, b1, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind, var", [("he_normal", lambda fi, fo: 2 / fi), ("he_uniform", lambda fi, fo: 2 / fi),
+                                       ("xavier_normal", lambda fi, fo: 2 / (fi + fo)),
+                                       ("xavier_uniform", lambda fi, fo: 2 / (fi + fo)),
+                                       ("fan_in_uniform", lambda fi, fo: 1 / (3 * fi))])
+def test_initialisers_have_their_variance(kind, var):
+    from nntrain.init import initialize
+
+    w = initialize(kind, (400, 300), 400, 300, np.random.default_rng(0), np.float64)
+    assert w.var() == pytest.approx(var(400, 300), rel=0.03)
+    if kind == "fan_in_uniform":  # PyTorch's default bound for nn.Linear(400, ...)
+        bound = 1 / np.sqrt(400)
+        assert w.max() <= bound and w.min() >= -bound and w.max() > 0.99 * bound
