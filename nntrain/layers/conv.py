@@ -29,6 +29,19 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
+def window_output_hw(layer: Layer, input_shape: Shape, advice: str = "") -> tuple[int, int]:
+    """(OH, OW) of a sliding-window layer (conv, pooling) on a per-sample (C, H, W); ShapeError with
+    the sizes when the kernel is larger than the padded input."""
+    require_shape(layer, input_shape, 3, f"{layer.type_name} takes images (C, H, W)")
+    _, h, w = input_shape
+    (kh, kw), (ph, pw), (sh, sw) = layer.kernel_size, layer.padding, layer.stride
+    if kh > h + 2 * ph or kw > w + 2 * pw:
+        raise ShapeError(f"kernel_size {kh}x{kw} is larger than the padded input {h + 2 * ph}x{w + 2 * pw} "
+                         f"(input {h}x{w}, padding {ph},{pw}); use a kernel of at most "
+                         f"{h + 2 * ph}x{w + 2 * pw}{advice}", "kernel_size")
+    return conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
+
+
 def channels_last(x: np.ndarray) -> np.ndarray:
     """View (N, C, H, W) as (N, H, W, C) without copying (contiguous when x is channels-last memory)."""
     return x.transpose(0, 2, 3, 1)
@@ -89,15 +102,7 @@ class Conv2D(Layer):
     skip_input_grad = False
 
     def output_shape(self, input_shape: Shape) -> Shape:
-        require_shape(self, input_shape, 3, "conv2d takes images (C, H, W)")
-        _, h, w = input_shape
-        (kh, kw), (ph, pw) = self.kernel_size, self.padding
-        if kh > h + 2 * ph or kw > w + 2 * pw:
-            raise ShapeError(f"kernel_size {kh}x{kw} is larger than the padded input {h + 2 * ph}x{w + 2 * pw} "
-                             f"(input {h}x{w}, padding {ph},{pw}); use a kernel of at most "
-                             f"{h + 2 * ph}x{w + 2 * pw} or more padding", "kernel_size")
-        return (self.out_channels, conv_output_size(h, kh, self.stride[0], ph),
-                conv_output_size(w, kw, self.stride[1], pw))
+        return (self.out_channels, *window_output_hw(self, input_shape, " or more padding"))
 
     def _create(self, input_shape: Shape, init_rng: np.random.Generator) -> None:
         c = input_shape[0]

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from nntrain.errors import ConfigError, ShapeError
-from nntrain.layers.base import Layer, Option, Shape, register, require_shape
-from nntrain.layers.conv import conv_output_size
+from nntrain.errors import ConfigError
+from nntrain.layers.base import Layer, Option, Shape, register
+from nntrain.layers.conv import conv_output_size, window_output_hw
 from nntrain.parallel import split
 
 
@@ -62,14 +62,7 @@ class _Pool2D(Layer):
         self._xp: np.ndarray | None = None
 
     def output_shape(self, input_shape: Shape) -> Shape:
-        require_shape(self, input_shape, 3, f"{self.type_name} takes images (C, H, W)")
-        c, h, w = input_shape
-        (kh, kw), (ph, pw) = self.kernel_size, self.padding
-        if kh > h + 2 * ph or kw > w + 2 * pw:
-            raise ShapeError(f"kernel_size {kh}x{kw} is larger than the padded input {h + 2 * ph}x{w + 2 * pw} "
-                             f"(input {h}x{w}, padding {ph},{pw}); use a kernel of at most "
-                             f"{h + 2 * ph}x{w + 2 * pw}", "kernel_size")
-        return (c, conv_output_size(h, kh, self.stride[0], ph), conv_output_size(w, kw, self.stride[1], pw))
+        return (input_shape[0], *window_output_hw(self, input_shape))
 
     def _padded(self, x: np.ndarray, train: bool) -> np.ndarray:
         """x itself without padding, else a buffer holding x inside a `pad_value` border: reused across
