@@ -208,28 +208,30 @@ class Trainer:
                    dynamic_ncols=True)
         t0 = time.perf_counter()
         try:
-            for b, (x, y) in enumerate(batches, start=s.batch):
-                z = self.model.forward(x, train=True)
-                value = self.loss.forward(z, y)
-                if not math.isfinite(value):
-                    raise NumericalError(
-                        f"the training loss became {value} at epoch {epoch + 1}, batch {b + 1}: the run is stopped. "
-                        f"The last good checkpoint is {self.ckpt_dir / 'last.npz'}. A smaller learning rate "
-                        f"(now {self.optimizer.lr:g}) usually helps.")
-                self.model.backward(self.loss.backward(), input_grad=False)
-                self.optimizer.step()
-                s.sums["loss"] += value * len(y)
-                s.sums["correct"] += int((z.argmax(axis=1) == y).sum())
-                s.sums["count"] += len(y)
-                s.batch = b + 1
-                bar.update(1)
-                if b % 20 == 0 or b == n_batches - 1:
-                    bar.set_postfix(loss=f"{s.sums['loss'] / s.sums['count']:.4f}",
-                                    acc=f"{s.sums['correct'] / s.sums['count']:.4f}", refresh=False)
-                if self._stop_requested and s.batch < n_batches:
-                    s.sums["seconds"] += time.perf_counter() - t0
-                    self._save("last.npz")
-                    return False
+            # overflow on the way to a NaN loss is reported once, by the NaN stop, not as NumPy warnings
+            with np.errstate(over="ignore", invalid="ignore"):
+                for b, (x, y) in enumerate(batches, start=s.batch):
+                    z = self.model.forward(x, train=True)
+                    value = self.loss.forward(z, y)
+                    if not math.isfinite(value):
+                        raise NumericalError(
+                            f"the training loss became {value} at epoch {epoch + 1}, batch {b + 1}: the run is "
+                            f"stopped. The last good checkpoint is {self.ckpt_dir / 'last.npz'}. A smaller learning rate "
+                            f"(now {self.optimizer.lr:g}) usually helps.")
+                    self.model.backward(self.loss.backward(), input_grad=False)
+                    self.optimizer.step()
+                    s.sums["loss"] += value * len(y)
+                    s.sums["correct"] += int((z.argmax(axis=1) == y).sum())
+                    s.sums["count"] += len(y)
+                    s.batch = b + 1
+                    bar.update(1)
+                    if b % 20 == 0 or b == n_batches - 1:
+                        bar.set_postfix(loss=f"{s.sums['loss'] / s.sums['count']:.4f}",
+                                        acc=f"{s.sums['correct'] / s.sums['count']:.4f}", refresh=False)
+                    if self._stop_requested and s.batch < n_batches:
+                        s.sums["seconds"] += time.perf_counter() - t0
+                        self._save("last.npz")
+                        return False
         finally:
             bar.close()
         s.sums["seconds"] += time.perf_counter() - t0
