@@ -139,15 +139,9 @@ class StepLR(Scheduler):
     type_name = "step"
     options = {
         "step_size": Option("int", minimum=1, doc="epochs between decays"),
-        "gamma": Option("float", default=0.1, minimum=0.0, doc="decay factor (> 0)"),
+        "gamma": Option("float", default=0.1, minimum=0.0, exclusive_min=True, doc="decay factor"),
         **WARMUP_OPTIONS,
     }
-
-    @classmethod
-    def validate(cls, given: Mapping[str, Any], epochs: int | None = None) -> dict[str, Any]:
-        values = super().validate(given, epochs)
-        _positive(values, "gamma")
-        return values
 
     def _main_lr(self, k: int) -> float:
         return self.base_lr * self.gamma ** (k // self.step_size)
@@ -159,14 +153,13 @@ class MultiStepLR(Scheduler):
     type_name = "multistep"
     options = {
         "milestones": Option("ints", minimum=1, doc="increasing epochs (counted after warmup) at which lr *= gamma"),
-        "gamma": Option("float", default=0.1, minimum=0.0, doc="decay factor (> 0)"),
+        "gamma": Option("float", default=0.1, minimum=0.0, exclusive_min=True, doc="decay factor"),
         **WARMUP_OPTIONS,
     }
 
     @classmethod
     def validate(cls, given: Mapping[str, Any], epochs: int | None = None) -> dict[str, Any]:
         values = super().validate(given, epochs)
-        _positive(values, "gamma")
         m = values["milestones"]
         if not m or any(b <= a for a, b in zip(m, m[1:])):
             raise ConfigError(f"got {m!r}, expected a non-empty, strictly increasing list of epochs >= 1",
@@ -182,15 +175,9 @@ class ExponentialLR(Scheduler):
 
     type_name = "exponential"
     options = {
-        "gamma": Option("float", minimum=0.0, doc="decay factor per epoch (> 0)"),
+        "gamma": Option("float", minimum=0.0, exclusive_min=True, doc="decay factor per epoch"),
         **WARMUP_OPTIONS,
     }
-
-    @classmethod
-    def validate(cls, given: Mapping[str, Any], epochs: int | None = None) -> dict[str, Any]:
-        values = super().validate(given, epochs)
-        _positive(values, "gamma")
-        return values
 
     def _main_lr(self, k: int) -> float:
         return self.base_lr * self.gamma ** k
