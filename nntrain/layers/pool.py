@@ -12,6 +12,7 @@ channels-last), so the element-wise loops run over contiguous memory.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -63,6 +64,14 @@ class _Pool2D(Layer):
 
     def output_shape(self, input_shape: Shape) -> Shape:
         return (input_shape[0], *window_output_hw(self, input_shape))
+
+    def _prepare(self, x: np.ndarray, train: bool) -> tuple[np.ndarray, tuple, bool, np.ndarray]:
+        """What both poolings' forward start from: the padded input, the window geometry
+        (OH, OW, views), whether x is channels-last memory, and an empty output in that layout."""
+        geom = self._geometry(x)
+        cl = is_channels_last(x)
+        y = empty_in_layout((x.shape[0], x.shape[1], geom[0], geom[1]), x.dtype, cl)
+        return self._padded(x, train), geom, cl, y
 
     def _padded(self, x: np.ndarray, train: bool) -> np.ndarray:
         """x itself without padding, else a buffer holding x inside a `pad_value` border: reused across
@@ -139,11 +148,8 @@ class MaxPool2D(_Pool2D):
     pad_value = -np.inf
 
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
-        xp = self._padded(x, train)
-        oh, ow, views = geom = self._geometry(x)
-        cl = is_channels_last(x)
-        n, c = x.shape[:2]
-        y = empty_in_layout((n, c, oh, ow), x.dtype, cl)
+        xp, geom, cl, y = self._prepare(x, train)
+        views = geom[2]
         # idx = the offset of the first maximum: an offset overrides only with a strictly larger value,
         # and offsets come in increasing order, so max(idx, o·[v > y]) keeps the latest strict winner.
         # Evaluation (train=False) needs no idx: a chain of np.maximum.
@@ -168,7 +174,7 @@ class MaxPool2D(_Pool2D):
                 np.maximum(ids, code, out=ids)
                 np.maximum(ys, v, out=ys)   # np.maximum propagates NaN, like PyTorch
 
-        split(self.workers, work, n, c * x.shape[2] * x.shape[3])
+        split(self.workers, work, len(x), math.prod(x.shape[1:]))
         if train:
             self._geom, self._in_shape, self._channels_last, self._idx = geom, x.shape, cl, idx
         else:
@@ -190,11 +196,8 @@ class AvgPool2D(_Pool2D):
     count_include_pad=True); backward spreads g / (kh·kw) over each window."""
 
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
-        xp = self._padded(x, train)
-        oh, ow, views = geom = self._geometry(x)
-        cl = is_channels_last(x)
-        n, c = x.shape[:2]
-        y = empty_in_layout((n, c, oh, ow), x.dtype, cl)
+        xp, geom, cl, y = self._prepare(x, train)
+        views = geom[2]
 
         def work(s: slice) -> None:
             xs, ys = xp[s], y[s]
@@ -203,7 +206,7 @@ class AvgPool2D(_Pool2D):
                 ys += xs[index]
             ys *= 1.0 / len(views)
 
-        split(self.workers, work, n, c * x.shape[2] * x.shape[3])
+        split(self.workers, work, len(x), math.prod(x.shape[1:]))
         if train:
             self._geom, self._in_shape, self._channels_last = geom, x.shape, cl
         else:
