@@ -87,12 +87,12 @@ class Model:
         stop = 0
         if not input_grad:
             stop = next((i for i, layer in enumerate(self.layers) if layer.params), len(self.layers))
-        swapped = getattr(self, "_swapped", {})
         i = len(self.layers) - 1
         while i >= stop:
             layer = self.layers[i]
             j = i - 1
-            if j >= stop and j in swapped and swapped[j] is not None and swapped[j] is getattr(self.layers[j], "mask", None):
+            mask = self._swapped.get(j)
+            if j >= stop and mask is not None and mask is getattr(self.layers[j], "mask", None):
                 grad = self.layers[j].backward(grad)   # relu (it ran after the pool)
                 grad = layer.backward(grad)            # maxpool
                 i -= 2

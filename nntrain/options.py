@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 import numpy as np
 
@@ -155,3 +155,23 @@ def split_typed_spec(spec: Any, registry: Mapping[str, type], section: str, what
                           section)
     cls = lookup_type(registry, spec["type"], what or section, f"{section}.type")
     return cls, {k: v for k, v in spec.items() if k != "type"}
+
+
+T = TypeVar("T", bound=type)
+
+
+def registrar(registry: dict[str, Any], what: str) -> Callable[[str], Callable[[T], T]]:
+    """A class decorator factory for one registry: `@register("name")` sets `cls.type_name` and makes
+    the class available in YAML as `type: name` (registries are filled once at import time)."""
+
+    def register(name: str) -> Callable[[T], T]:
+        def wrap(cls: T) -> T:
+            if name in registry:
+                raise ValueError(f"{what} '{name}' registered twice")
+            cls.type_name = name
+            registry[name] = cls
+            return cls
+
+        return wrap
+
+    return register

@@ -16,13 +16,13 @@ from __future__ import annotations
 import difflib
 import logging
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
 from nntrain.data import affine
 from nntrain.errors import ConfigError
-from nntrain.options import Option, validate_options
+from nntrain.options import Option, registrar, validate_options
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +62,7 @@ class Augmentation:
 AUGMENTATIONS: dict[str, type[Augmentation]] = {}
 
 
-def register(name: str) -> Callable[[type[Augmentation]], type[Augmentation]]:
-    """Class decorator: make an augmentation available in YAML as `type: name`."""
-
-    def wrap(cls: type[Augmentation]) -> type[Augmentation]:
-        if name in AUGMENTATIONS:
-            raise ValueError(f"augmentation '{name}' registered twice")
-        cls.type_name = name
-        AUGMENTATIONS[name] = cls
-        return cls
-
-    return wrap
+register = registrar(AUGMENTATIONS, "augmentation")  # @register("name") on a class makes it `type: name` in YAML
 
 
 @register("random_shift")

@@ -7,13 +7,14 @@ infers its output shape, creates its `params` (with matching `grads`) in `build`
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from nntrain.errors import ConfigError, ShapeError
 from nntrain.init import INITS
-from nntrain.options import Option, split_typed_spec, unknown_key_message, validate_options  # noqa: F401
+from nntrain.options import (Option, registrar, split_typed_spec, unknown_key_message,  # noqa: F401
+                             validate_options)
 
 Shape = tuple[int, ...]
 
@@ -130,17 +131,7 @@ class Layer:
 REGISTRY: dict[str, type[Layer]] = {}
 
 
-def register(name: str) -> Callable[[type[Layer]], type[Layer]]:
-    """Class decorator: make a layer available in YAML as `type: name`."""
-
-    def wrap(cls: type[Layer]) -> type[Layer]:
-        if name in REGISTRY:
-            raise ValueError(f"layer type '{name}' registered twice")
-        cls.type_name = name
-        REGISTRY[name] = cls
-        return cls
-
-    return wrap
+register = registrar(REGISTRY, "layer type")  # @register("name") on a class makes it `type: name` in YAML
 
 
 def layer_from_spec(spec: Any, path: str = "layer") -> Layer:
