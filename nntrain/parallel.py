@@ -7,6 +7,11 @@ calling thread and the others in the pool; NumPy releases the GIL inside its loo
 run in parallel. Each sample's values are computed by the same operations whatever the number of
 pieces, so results are bit-identical for any thread count (tests/test_layers.py checks it).
 
+`workers.chunks(fn, n, per)` runs work that includes matrix products (convolution) the same way, over
+fixed pieces of `per` samples, with NumPy's BLAS switched to one thread meanwhile (nntrain.blas): each
+thread then multiplies its own cache-sized piece, which scales far better than two BLAS threads on one
+tall, narrow product. fn also gets the number of the thread's slot, for per-thread scratch buffers.
+
 A pool is owned by an object (the Model makes one sized from the BLAS thread setting and hands it to
 its layers); there is no module-level pool. `close()` (or the owner being garbage collected) shuts
 the threads down.
@@ -19,6 +24,8 @@ import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
+
+from nntrain.blas import Blas, find_blas
 
 # A piece smaller than this many array elements is not worth a thread hand-off (~20-50 µs).
 MIN_ITEMS_PER_PIECE = 1 << 17
@@ -43,9 +50,10 @@ def _shutdown(executor: ThreadPoolExecutor | None) -> None:
 
 
 class _Job:
-    """fn over a list of pieces, each claimed by whichever thread asks first (caller or pool thread)."""
+    """fn(piece, slot) over a list of pieces, each claimed by whichever thread asks first (the caller, slot 0,
+    or a pool thread, slots 1, 2, ...)."""
 
-    def __init__(self, fn: Callable[[slice], None], pieces: list[slice]):
+    def __init__(self, fn: Callable[[slice, int], None], pieces: list[slice]):
         self.fn, self.pieces = fn, pieces
         self.lock = threading.Lock()
         self.finished = threading.Condition(self.lock)
@@ -53,7 +61,7 @@ class _Job:
         self.running = 0     # claimed, not finished
         self.error: BaseException | None = None
 
-    def work(self) -> None:
+    def work(self, slot: int) -> None:
         while True:
             with self.lock:
                 if self.next >= len(self.pieces):
@@ -62,7 +70,7 @@ class _Job:
                 self.next += 1
                 self.running += 1
             try:
-                self.fn(piece)
+                self.fn(piece, slot)
             except BaseException as e:  # noqa: BLE001  (re-raised in the caller by wait())
                 with self.lock:
                     self.error = self.error or e
@@ -88,6 +96,7 @@ class Workers:
     def __init__(self, threads: int | None = None):
         self.threads = max(1, int(blas_threads() if threads is None else threads))
         self._executor: ThreadPoolExecutor | None = None
+        self._blas: Blas | None | bool = False   # False: not looked up yet
         self._finalizer = weakref.finalize(self, _shutdown, None)
 
     def _pool(self) -> ThreadPoolExecutor:
@@ -119,12 +128,34 @@ class Workers:
         if len(pieces) == 1:
             fn(pieces[0])
             return
-        job = _Job(fn, pieces)
+        self._run(_Job(lambda piece, _slot: fn(piece), pieces))
+
+    def _run(self, job: _Job) -> None:
         pool = self._pool()
-        for _ in range(len(pieces) - 1):
-            pool.submit(job.work)
-        job.work()
+        for slot in range(1, min(self.threads, len(job.pieces))):
+            pool.submit(job.work, slot)
+        job.work(0)
         job.wait()
+
+    def chunks(self, fn: Callable[[slice, int], None], n: int, per: int) -> None:
+        """Run fn(piece, slot) for the pieces range(i, i + per) of range(n), in parallel with the BLAS on one
+        thread; slot (0 <= slot < threads) is the same for no two pieces running at once. The pieces do not
+        depend on the thread count, so neither do the results. Where the BLAS cannot be controlled the
+        pieces run one after the other in this thread (its products then use the BLAS threads)."""
+        pieces = chunk_slices(n, per)
+        if self._blas is False:
+            self._blas = find_blas() if self.threads > 1 else None
+        blas = self._blas
+        if len(pieces) == 1 or blas is None:
+            for piece in pieces:
+                fn(piece, 0)
+            return
+        before = blas.get_threads()
+        blas.set_threads(1)
+        try:
+            self._run(_Job(fn, pieces))
+        finally:
+            blas.set_threads(before)
 
     def close(self) -> None:
         """Shut the pool threads down (a later split() starts new ones)."""
@@ -133,6 +164,21 @@ class Workers:
 
     def __repr__(self) -> str:
         return f"Workers(threads={self.threads})"
+
+
+def chunk_slices(n: int, per: int) -> list[slice]:
+    """range(n) in consecutive slices of `per` (the last may be shorter)."""
+    per = max(1, per)
+    return [slice(i, min(n, i + per)) for i in range(0, n, per)]
+
+
+def chunks(workers: Workers | None, fn: Callable[[slice, int], None], n: int, per: int) -> None:
+    """workers.chunks(...), or fn(piece, 0) for each piece in this thread when there is no pool."""
+    if workers is None:
+        for piece in chunk_slices(n, per):
+            fn(piece, 0)
+    else:
+        workers.chunks(fn, n, per)
 
 
 def split(workers: Workers | None, fn: Callable[[slice], None], n: int, items_per_sample: int = 1) -> None:

@@ -644,25 +644,25 @@ def test_model_runs_relu_after_maxpool_with_identical_results(pool):
     np.testing.assert_array_equal(model.backward(g), dx_ref)
 
 
+@pytest.mark.parametrize("channels", [2, 6])   # planar and channels-last columns
 @pytest.mark.parametrize("skip", [False, True])
-def test_conv2d_column_chunks_match_whole_batch(monkeypatch, skip):
-    """Large column matrices are built in chunks of samples (forward and backward): outputs and dx are
-    bit-identical to the whole-batch GEMMs, dW/db equal up to float32 summation order."""
+def test_conv2d_column_chunks_match_whole_batch(monkeypatch, skip, channels):
+    """Columns are built a chunk of samples at a time (forward and backward): outputs and dx are
+    bit-identical to one whole-batch GEMM, dW/db equal up to float32 summation order."""
     import nntrain.layers.conv as conv
     spec = {"type": "conv2d", "out_channels": 5, "kernel_size": 3, "padding": 1, "weight_decay": 0.01}
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((7, 6, 9, 8)).astype(np.float32)
+    x = rng.standard_normal((7, channels, 9, 8)).astype(np.float32)
     g = rng.standard_normal((7, 5, 9, 8)).astype(np.float32)
     results = []
-    for above, chunk in ((1 << 40, 1 << 40), (0, 3 * 72 * 55 * 4)):   # whole batch; 3 samples per chunk
-        monkeypatch.setattr(conv, "CHUNK_ABOVE", above)
-        monkeypatch.setattr(conv, "CHUNK_BYTES", chunk)
-        layer = make(spec, (6, 9, 8), np.float32)
+    for per in (7, 3):   # whole batch; 3 samples per chunk (the last chunk has one)
+        monkeypatch.setattr(conv, "CHUNK_BYTES", per * 72 * (9 * channels + 1) * 4)
+        layer = make(spec, (channels, 9, 8), np.float32)
         layer.skip_input_grad = skip
         for _ in range(2):   # second pass reuses the buffers
             y = layer.forward(x, train=True)
             dx = layer.backward(g)
-        assert layer._cols.shape[0] == (7 if above else 3) * 72
+        assert layer._scratch[("cols", 0)].size == per * 72 * (9 * channels + 1)
         results.append((y, dx, layer.grads["W"].copy(), layer.grads["b"].copy()))
     (y0, dx0, w0, b0), (y1, dx1, w1, b1) = results
     np.testing.assert_array_equal(y0, y1)
@@ -672,6 +672,67 @@ def test_conv2d_column_chunks_match_whole_batch(monkeypatch, skip):
         np.testing.assert_array_equal(dx0, dx1)
     np.testing.assert_allclose(w0, w1, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(b0, b1, rtol=1e-5, atol=1e-5)
+
+
+def test_workers_chunks_use_one_blas_thread_and_distinct_slots():
+    """Workers.chunks: fixed pieces, each run once; no slot runs two pieces at once; the BLAS runs on
+    one thread meanwhile and gets its thread count back afterwards (also after an error)."""
+    import threading
+    from nntrain.parallel import Workers, chunk_slices, chunks
+    assert chunk_slices(10, 4) == [slice(0, 4), slice(4, 8), slice(8, 10)]
+    assert chunk_slices(0, 4) == []
+    w = Workers(3)
+    blas = w._blas = _FakeBlas(3)   # record what chunks() asks of the BLAS
+    busy, seen, lock = set(), [], threading.Lock()
+
+    def fn(s, slot):
+        with lock:
+            assert slot not in busy and 0 <= slot < 3
+            busy.add(slot)
+            seen.append((s.start, s.stop, blas.threads))
+        with lock:
+            busy.discard(slot)
+
+    w.chunks(fn, 25, 4)
+    assert sorted(seen) == [(i, min(25, i + 4), 1) for i in range(0, 25, 4)]
+    assert blas.threads == 3
+
+    def boom(s, slot):
+        if s.start == 8:
+            raise ValueError("chunk at 8")
+    with pytest.raises(ValueError, match="chunk at 8"):
+        w.chunks(boom, 25, 4)
+    assert blas.threads == 3
+    out = np.zeros(6)
+    chunks(None, lambda s, slot: out.__setitem__(s, slot + 1), 6, 4)   # no pool: slot 0, this thread
+    assert (out == 1).all()
+    w.close()
+
+
+class _FakeBlas:
+    def __init__(self, threads: int):
+        self.threads = threads
+
+    def get_threads(self) -> int:
+        return self.threads
+
+    def set_threads(self, threads: int) -> None:
+        self.threads = threads
+
+
+def test_numpy_blas_thread_count_is_found_and_settable():
+    """nntrain.blas finds the OpenBLAS that NumPy wheels bundle (skipped for another BLAS)."""
+    from nntrain.blas import find_blas
+    blas = find_blas()
+    if blas is None:
+        pytest.skip("NumPy's BLAS is not a controllable OpenBLAS here")
+    before = blas.get_threads()
+    try:
+        blas.set_threads(1)
+        assert blas.get_threads() == 1
+    finally:
+        blas.set_threads(before)
+    assert blas.get_threads() == before
 
 
 @pytest.mark.parametrize("kind, var", [("he_normal", lambda fi, fo: 2 / fi), ("he_uniform", lambda fi, fo: 2 / fi),
