@@ -63,18 +63,23 @@ class Model:
         same, while the relu works on the pool's smaller output (4x smaller for 2x2 pooling).
         """
         self._swapped = {}
-        layers, i = self.layers, 0
-        while i < len(layers):
+        for i in self.execution_order():
+            x = self.layers[i].forward(x, train)
+            if train and i in self._relu_pool:   # backward takes the swapped order only while the relu
+                self._swapped[i] = self.layers[i].mask   # still holds this mask
+        return x
+
+    def execution_order(self) -> list[int]:
+        """Layer indices in the order forward runs them (each relu-maxpool pair swapped)."""
+        order, i = [], 0
+        while i < len(self.layers):
             if i in self._relu_pool:
-                x = layers[i + 1].forward(x, train)
-                x = layers[i].forward(x, train)
-                if train:   # backward takes the swapped order only while the relu still holds this mask
-                    self._swapped[i] = layers[i].mask
+                order += [i + 1, i]
                 i += 2
             else:
-                x = layers[i].forward(x, train)
+                order.append(i)
                 i += 1
-        return x
+        return order
 
     def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         """grad: dL/d(output) -> dL/dx; fills every layer's grads (including weight decay).

@@ -1,11 +1,13 @@
 """Per-layer timing of forward and backward passes, as Caffe's `caffe time` (`nntrain time CONFIG`).
 
 Each batch runs forward layer by layer, the loss, backward layer by layer and (optionally) one
-optimizer step, timing every call with time.perf_counter. After `warmup` untimed batches, each
+optimizer step, timing every call with time.perf_counter. Layers run as Model.forward/backward run
+them in training: a relu followed by a maxpool runs after the pool, and backward stops at the first
+layer with parameters, which skips its own input gradient. After `warmup` untimed batches, each
 row reports the median milliseconds per batch over `batches` batches; medians resist the odd
 scheduler hiccup better than means. GFLOP/s uses `layer.flops(input_shape)` (forward FLOPs per
 sample); backward is counted as 2× the forward FLOPs (one GEMM for the input gradient, one for the
-weight gradient).
+weight gradient), 1× for the first layer, which skips its input gradient.
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ def profile_model(model: Model, loss: Any, x: np.ndarray, labels: np.ndarray, ba
         raise ValueError(f"need batches >= 1 and warmup >= 0, got batches={batches}, warmup={warmup}")
     layers = model.layers
     n_layers = len(layers)
+    order = model.execution_order()
+    first = next((k for k, layer in enumerate(layers) if layer.params), n_layers)
+    backward_order = [k for k in reversed(order) if k >= first]
     fwd = [[] for _ in range(n_layers + 1)]  # last slot: the loss
     bwd = [[] for _ in range(n_layers + 1)]
     opt_times: list[float] = []
@@ -73,9 +78,9 @@ def profile_model(model: Model, loss: Any, x: np.ndarray, labels: np.ndarray, ba
     for b in range(warmup + batches):
         keep = b >= warmup
         h = x
-        for k, layer in enumerate(layers):
+        for k in order:
             t0 = clock()
-            h = layer.forward(h, True)
+            h = layers[k].forward(h, True)
             t1 = clock()
             if keep:
                 fwd[k].append(t1 - t0)
@@ -87,10 +92,15 @@ def profile_model(model: Model, loss: Any, x: np.ndarray, labels: np.ndarray, ba
         if keep:
             fwd[n_layers].append(t1 - t0)
             bwd[n_layers].append(t2 - t1)
-        for k in range(n_layers - 1, -1, -1):
+        for k in backward_order:
+            skip = k == first and hasattr(layers[k], "skip_input_grad")
+            if skip:
+                layers[k].skip_input_grad = True
             t0 = clock()
             g = layers[k].backward(g)
             t1 = clock()
+            if skip:
+                layers[k].skip_input_grad = False
             if keep:
                 bwd[k].append(t1 - t0)
         if optimizer is not None:
@@ -101,23 +111,26 @@ def profile_model(model: Model, loss: Any, x: np.ndarray, labels: np.ndarray, ba
                 opt_times.append(t1 - t0)
 
     def ms(samples: list[float]) -> float:
-        return 1e3 * statistics.median(samples)
+        return 1e3 * statistics.median(samples) if samples else 0.0   # no backward before `first`
 
     n = x.shape[0]
-    stages = []  # (name, layer, output shape, fwd ms, bwd ms, forward flops per batch)
+    position = {k: i for i, k in enumerate(order)}
+    stages = []  # (name, layer, output shape, fwd ms, bwd ms, forward flops, backward flops per batch)
     shape = tuple(model.input_shape)
     for k, layer in enumerate(layers):
         flops = n * layer.flops(shape)
         out = model.shapes[k]
-        stages.append((f"{k} {layer.describe()}", k, out, ms(fwd[k]), ms(bwd[k]), flops))
+        moved = " (runs after the pool)" if k + 1 < n_layers and position[k] > position[k + 1] else ""
+        stages.append((f"{k} {layer.describe()}{moved}", k, out, ms(fwd[k]), ms(bwd[k]), flops,
+                       flops if k == first else 2 * flops))
         shape = out
-    stages.append(("loss", None, None, ms(fwd[n_layers]), ms(bwd[n_layers]), 0))
+    stages.append(("loss", None, None, ms(fwd[n_layers]), ms(bwd[n_layers]), 0, 0))
     if optimizer is not None:
-        stages.append(("optimizer", None, None, 0.0, ms(opt_times), 0))
-    total = sum(f + b for _, _, _, f, b, _ in stages)
+        stages.append(("optimizer", None, None, 0.0, ms(opt_times), 0, 0))
+    total = sum(f + b for _, _, _, f, b, _, _ in stages)
     return [ProfileRow(name, k, out, f, b, 100.0 * (f + b) / total if total > 0 else 0.0,
-                       _gflops(flops, f), _gflops(2 * flops, b), n)
-            for name, k, out, f, b, flops in stages]
+                       _gflops(flops, f), _gflops(bflops, b), n)
+            for name, k, out, f, b, flops, bflops in stages]
 
 
 def profile_config(cfg: Mapping[str, Any], batches: int = 10, batch_size: int | None = None,

@@ -41,6 +41,25 @@ def test_rows_cover_every_layer_with_positive_times_and_shares_summing_to_100():
     assert all(math.isclose(r.share, 100 * r.total_ms / sum(q.total_ms for q in rows)) for r in rows)
 
 
+def test_layers_run_in_training_order():
+    """As Model.forward/backward in training: the relu before a maxpool runs after it (and is named so),
+    and the first layer skips its input gradient (no dx returned; skip flag reset afterwards)."""
+    model, x, labels = small_model()
+    seen = []
+    conv = model.layers[0]
+    original = conv.backward
+
+    def spy(g):
+        seen.append(conv.skip_input_grad)
+        return original(g)
+
+    conv.backward = spy
+    rows = profile_model(model, build_loss(None), x, labels, batches=2, warmup=0)
+    assert seen == [True, True] and conv.skip_input_grad is False
+    assert rows[1].name.endswith("(runs after the pool)") and "after" not in rows[5].name
+    assert model.execution_order() == [0, 2, 1, 3, 4, 5, 6]
+
+
 def test_gflops_only_where_flops_are_known():
     model, x, labels = small_model()
     rows = profile_model(model, build_loss(None), x, labels, batches=2, warmup=0)
@@ -48,9 +67,11 @@ def test_gflops_only_where_flops_are_known():
     for r, layer, shape in zip(rows, model.layers, shapes):
         flops = layer.flops(shape)
         if flops:
-            # forward GFLOP/s = N·flops / forward time; backward counted as 2× the forward FLOPs
+            # forward GFLOP/s = N·flops / forward time; backward counted as 2× the forward FLOPs, 1× for
+            # the first layer (as in training, it computes no input gradient)
+            factor = 1 if r.layer == 0 else 2
             assert math.isclose(r.forward_gflops, x.shape[0] * flops / (r.forward_ms * 1e6), rel_tol=1e-9)
-            assert math.isclose(r.backward_gflops, 2 * x.shape[0] * flops / (r.backward_ms * 1e6), rel_tol=1e-9)
+            assert math.isclose(r.backward_gflops, factor * x.shape[0] * flops / (r.backward_ms * 1e6), rel_tol=1e-9)
         else:
             assert r.forward_gflops is None and r.backward_gflops is None
     assert rows[-1].forward_gflops is None  # the loss has no FLOP count
