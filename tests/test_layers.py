@@ -562,6 +562,12 @@ EVAL_SPECS = [
     ({"type": "avgpool2d", "kernel_size": 2, "padding": 1}, (2, 5, 6)),
     ({"type": "linear", "out_features": 4}, (6,)),
     ({"type": "relu"}, (2, 5, 6)),
+    ({"type": "leaky_relu"}, (2, 5, 6)),
+    ({"type": "sigmoid"}, (7,)),
+    ({"type": "tanh"}, (7,)),
+    ({"type": "gelu"}, (7,)),
+    ({"type": "gelu", "approximate": "tanh"}, (7,)),
+    ({"type": "softmax"}, (7,)),
 ]
 
 

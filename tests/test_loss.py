@@ -58,7 +58,7 @@ def test_softmax_false_takes_probabilities_and_matches_the_fused_loss() -> None:
     # softmax layer + probability loss (the report's cancel_softmax) gives the same value and logit gradient
     model = build_model([{"type": "softmax"}], (4,), dtype=np.float64)
     split = build_loss({"type": "softmax_cross_entropy", "softmax": False})
-    p = model.forward(z)
+    p = model.forward(z, train=True)
     assert split.forward(p, y) == pytest.approx(value, rel=1e-12)
     np.testing.assert_allclose(model.backward(split.backward()), dz, rtol=1e-9, atol=1e-12)
 

@@ -29,9 +29,7 @@ class ReLU(Layer):
         return y
 
     def backward(self, grad: np.ndarray) -> np.ndarray:
-        mask = getattr(self, "mask", None)
-        if mask is None:
-            raise self._no_cache()
+        mask = self._cached("mask")
         dx = np.empty_like(grad)
         split(self.workers, lambda s: np.multiply(grad[s], mask[s], out=dx[s]), len(grad), grad[:1].size)
         return dx
@@ -44,11 +42,12 @@ class LeakyReLU(Layer):
     options = {"slope": Option("float", 0.01, doc="gradient for x <= 0 (PyTorch's negative_slope)")}
 
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
-        self.mask = x > 0
-        return np.where(self.mask, x, x * x.dtype.type(self.slope))
+        mask = x > 0
+        self.mask = mask if train else None
+        return np.where(mask, x, x * x.dtype.type(self.slope))
 
     def backward(self, grad: np.ndarray) -> np.ndarray:
-        return np.where(self.mask, grad, grad * grad.dtype.type(self.slope))
+        return np.where(self._cached("mask"), grad, grad * grad.dtype.type(self.slope))
 
 
 @register("sigmoid")
@@ -59,11 +58,13 @@ class Sigmoid(Layer):
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         e = np.exp(-np.abs(x))
         d = 1 + e
-        self.y = np.where(x >= 0, 1 / d, e / d)
-        return self.y
+        y = np.where(x >= 0, 1 / d, e / d)
+        self.y = y if train else None
+        return y
 
     def backward(self, grad: np.ndarray) -> np.ndarray:
-        return grad * self.y * (1 - self.y)
+        y = self._cached("y")
+        return grad * y * (1 - y)
 
 
 @register("tanh")
@@ -71,11 +72,13 @@ class Tanh(Layer):
     """y = tanh(x); dx = g·(1 - y²)."""
 
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
-        self.y = np.tanh(x)
-        return self.y
+        y = np.tanh(x)
+        self.y = y if train else None
+        return y
 
     def backward(self, grad: np.ndarray) -> np.ndarray:
-        return grad * (1 - self.y * self.y)
+        y = self._cached("y")
+        return grad * (1 - y * y)
 
 
 @register("softmax")
@@ -90,11 +93,13 @@ class Softmax(Layer):
 
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         e = np.exp(x - x.max(axis=1, keepdims=True)) if x.size else np.exp(x)
-        self.y = e / e.sum(axis=1, keepdims=True)
-        return self.y
+        y = e / e.sum(axis=1, keepdims=True)
+        self.y = y if train else None
+        return y
 
     def backward(self, grad: np.ndarray) -> np.ndarray:
-        return self.y * (grad - (grad * self.y).sum(axis=1, keepdims=True))
+        y = self._cached("y")
+        return y * (grad - (grad * y).sum(axis=1, keepdims=True))
 
 
 @register("gelu")
@@ -106,16 +111,19 @@ class GELU(Layer):
     options = {"approximate": Option("str", "none", choices=("none", "tanh"), doc="erf form or tanh approximation")}
 
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
-        self.x = x
         t = x.dtype.type
+        self.x = x if train else None   # backward needs x and tanh(u) or Φ(x); evaluation keeps nothing
         if self.approximate == "tanh":
-            self.t = np.tanh(t(_SQRT_2_OVER_PI) * (x + t(0.044715) * x * x * x))
-            return t(0.5) * x * (1 + self.t)
-        self.cdf = t(0.5) * (1 + erf(x * t(_SQRT_HALF)))
-        return x * self.cdf
+            th = np.tanh(t(_SQRT_2_OVER_PI) * (x + t(0.044715) * x * x * x))
+            self.t = th if train else None
+            return t(0.5) * x * (1 + th)
+        cdf = t(0.5) * (1 + erf(x * t(_SQRT_HALF)))
+        self.cdf = cdf if train else None
+        return x * cdf
 
     def backward(self, grad: np.ndarray) -> np.ndarray:
-        x, t = self.x, self.x.dtype.type
+        x = self._cached("x")
+        t = x.dtype.type
         if self.approximate == "tanh":
             du = t(_SQRT_2_OVER_PI) * (1 + t(3 * 0.044715) * x * x)
             return grad * (t(0.5) * (1 + self.t) + t(0.5) * x * (1 - self.t * self.t) * du)

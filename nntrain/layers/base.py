@@ -98,6 +98,13 @@ class Layer:
     def backward(self, grad: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def _cached(self, name: str) -> Any:
+        """The array forward(train=True) kept as `name`; RuntimeError (see _no_cache) when there is none."""
+        value = getattr(self, name, None)
+        if value is None:
+            raise self._no_cache()
+        return value
+
     def _no_cache(self) -> RuntimeError:
         return RuntimeError(f"{self.type_name}.backward needs a forward(x, train=True) before it "
                             "(an evaluation forward keeps nothing for backward)")
