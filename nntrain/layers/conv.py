@@ -147,6 +147,14 @@ class Conv2D(Layer):
             buf = self._scratch[(name, slot)] = np.empty(size, dtype=dtype)
         return buf[:size].reshape(shape)
 
+    def _zero_bordered(self, slot: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """Thread slot `slot`'s buffer of exactly `shape`, zeros where it was never written (the border
+        that backward's padded gradient leaves alone); made anew only when shape or dtype change."""
+        buf = self._scratch.get(("padded_grad", slot))
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = self._scratch[("padded_grad", slot)] = np.zeros(shape, dtype=dtype)
+        return buf
+
     def _columns(self, xp: np.ndarray, s: slice, out_hw: tuple[int, int], slot: int) -> np.ndarray:
         """Columns of samples s of the padded input, in thread slot `slot`'s buffer.
 
@@ -218,25 +226,46 @@ class Conv2D(Layer):
         g = channels_last(grad).reshape(n * m, o)   # free when grad is channels-last memory
         k = kh * kw * c
         kb = k + (1 if self.bias else 0)
-        per = samples_per_chunk(n, 2 * m * kb * g.dtype.itemsize)
+        skip = self.skip_input_grad
+        (ph, pw), (sh, sw) = self.padding, self.stride
+        # dx for stride 1 is a convolution too: the correlation of g, zero-padded by (kh-1-ph, kw-1-pw),
+        # with the kernel flipped and its in/out channels swapped,
+        #   dx[n, y, x, c] = Σ_{a,b,o} gp[n, y + a, x + b, o] · W[o, c, kh-1-a, kw-1-b],
+        # so it takes the forward's im2col + one GEMM (into dx directly). Measured against the general
+        # col2im below (a GEMM per kernel offset, then kh·kw adds): 26% faster for cifar-cnn's 32->32 conv
+        # at 32x32, 8% for mnist-cnn's 32->64 at 14x14 (one thread, per batch).
+        transposed = not skip and (sh, sw) == (1, 1) and ph < kh and pw < kw
+        dx_width = 0 if skip else kh * kw * (o if transposed else c)   # per row of dx's scratch
+        per = samples_per_chunk(n, m * (kb + dx_width) * g.dtype.itemsize)
         # dW[o, c, a, b] = Σ_rows cols[row, (a, b, c)] · g[row, o]; the constant-1 entry gives db = Σ_rows g.
         # Each chunk's columns are rebuilt from the kept padded input (cheaper than keeping the whole
         # batch's) and its share of dW lands in its own slot of `parts`, summed afterwards in chunk order:
         # the result does not depend on which thread ran which chunk.
         parts = np.empty((-(-n // per), kb, o), dtype=np.result_type(g, xp))
-        # dx by col2im: one batched GEMM gives, per kernel offset (a, b), the contiguous block
-        # d[a, b] = g · W[:, :, a, b]ᵀ (S·OH·OW, C), which lands on the input pixels
-        # (i·sh + a - ph, j·sw + b - pw); each offset adds its in-bounds part to dx. Measured ~25% faster
-        # than one (S·OH·OW, kh·kw·C) GEMM whose scattered C-float column slices make the adds slow.
-        wb = self.params["W"].transpose(2, 3, 0, 1).reshape(kh * kw, o, c)
-        skip = self.skip_input_grad
-        dx = None if skip else np.empty((n, h, w, c), dtype=np.result_type(g, wb))
+        w_ = self.params["W"]
+        dx = None if skip else np.empty((n, h, w, c), dtype=np.result_type(g, w_))
+        if transposed:   # Wf[(a, b, o), c] = W[o, c, kh-1-a, kw-1-b]
+            wf = w_[:, :, ::-1, ::-1].transpose(2, 3, 0, 1).reshape(kh * kw * o, c)
+            qh, qw = kh - 1 - ph, kw - 1 - pw
+        else:
+            # dx by col2im: one batched GEMM gives, per kernel offset (a, b), the contiguous block
+            # d[a, b] = g · W[:, :, a, b]ᵀ (S·OH·OW, C), which lands on the input pixels
+            # (i·sh + a - ph, j·sw + b - pw); each offset adds its in-bounds part to dx.
+            wb = w_.transpose(2, 3, 0, 1).reshape(kh * kw, o, c)
 
         def work(s: slice, slot: int) -> None:
             cols = self._columns(xp, s, (oh, ow), slot)
             gs = g[s.start * m:s.stop * m]
             np.matmul(cols if self._planar else cols.T, gs, out=parts[s.start // per])
-            if not skip:
+            if skip:
+                return
+            if transposed:
+                gp = self._zero_bordered(slot, (per, oh + 2 * qh, ow + 2 * qw, o), g.dtype)[:s.stop - s.start]
+                gp[:, qh:qh + oh, qw:qw + ow, :] = gs.reshape(-1, oh, ow, o)
+                gcols = self._buffer("gcols", slot, (len(gp) * h * w, kh * kw * o), g.dtype)
+                np.copyto(gcols.reshape(len(gp), h, w, kh, kw, o), window_view(gp, (kh, kw), (1, 1), (h, w)))
+                np.matmul(gcols, wf, out=dx[s].reshape(-1, c))
+            else:
                 d = np.matmul(gs, wb, out=self._buffer("d", slot, (kh * kw, len(gs), c), dx.dtype))
                 self._col2im(d, dx[s])
 
