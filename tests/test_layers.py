@@ -122,6 +122,26 @@ def test_conv2d_matches_loop_reference(case):
     np.testing.assert_allclose(layer.grads["b"], rdb, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("kernel, stride, padding, transposed", [
+    ((3, 3), 1, 1, True), ((3, 3), 1, 0, True), ((3, 2), 1, (2, 1), True), ((5, 5), 1, 2, True),
+    ((1, 1), 1, 1, False),   # padding > kernel - 1: dx by col2im
+    ((3, 3), 2, 1, False),   # stride 2: dx by col2im
+])
+def test_conv2d_input_gradient_paths_match_loop_reference(monkeypatch, kernel, stride, padding, transposed):
+    """dx takes the flipped-kernel convolution of the padded gradient for stride 1 (padding < kernel)
+    and col2im otherwise; both equal the loop reference, the batch of 3 in uneven chunks (2 + 1)."""
+    import nntrain.layers.conv as conv
+    monkeypatch.setattr(conv, "samples_per_chunk", lambda n, sample_bytes: 2)
+    layer = make({"type": "conv2d", "out_channels": 6, "kernel_size": kernel, "stride": stride,
+                  "padding": padding}, (5, 9, 8))
+    x = np.random.default_rng(2).standard_normal((3, 5, 9, 8))
+    y, g, dx = run(layer, x)
+    rdx, rdw, _ = reference.conv2d_backward(x, layer.params["W"], g, layer.stride, layer.padding)
+    np.testing.assert_allclose(dx, rdx, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.grads["W"], rdw, rtol=1e-10, atol=1e-12)
+    assert (("padded_grad", 0) in layer._scratch) == transposed
+
+
 @settings(max_examples=12, deadline=None)
 @given(n=st.integers(1, 3), c=st.integers(1, 7), h=st.integers(1, 9), w=st.integers(1, 9),
        o=st.integers(1, 4), kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3),
