@@ -80,11 +80,23 @@ PLANAR_MAX_CHANNELS = 4
 CHUNK_BYTES = 4 << 20
 
 
+# A batch with more than SHARE_ABOVE bytes of columns is cut into at least SHARE_CHUNKS chunks even when
+# they would fit in one, so that every worker gets a share (mnist-cnn's first conv: 2 MB of columns).
+# Neither depends on the thread count: chunking fixes the order of dW's sum, which must not.
+SHARE_ABOVE = 1 << 20
+SHARE_CHUNKS = 4
+
+
 def samples_per_chunk(n: int, sample_bytes: int) -> int:
     """Samples per column chunk for a batch of n whose columns take sample_bytes per sample: at most
-    CHUNK_BYTES of columns, and chunks of (nearly) equal size, so that the workers finish together
-    (64 samples in 4 chunks of 16 rather than 18, 18, 18 and 10)."""
-    most = max(1, min(n, CHUNK_BYTES // max(sample_bytes, 1)))
+    CHUNK_BYTES of columns, at least SHARE_CHUNKS chunks for a large batch, and chunks of (nearly)
+    equal size, so that the workers finish together (64 samples in 4 chunks of 16 rather than 18, 18,
+    18 and 10)."""
+    sample_bytes = max(sample_bytes, 1)
+    most = CHUNK_BYTES // sample_bytes
+    if n * sample_bytes > SHARE_ABOVE:
+        most = min(most, -(-n // SHARE_CHUNKS))
+    most = max(1, min(n, most))
     count = -(-n // most)
     return max(1, -(-n // count)) if n else 1
 
