@@ -81,6 +81,10 @@ class Model:
                 i += 1
         return order
 
+    def first_with_params(self) -> int:
+        """Index of the first layer with parameters (len(layers) if none): training's backward stops there."""
+        return next((i for i, layer in enumerate(self.layers) if layer.params), len(self.layers))
+
     def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         """grad: dL/d(output) -> dL/dx; fills every layer's grads (including weight decay).
 
@@ -91,7 +95,7 @@ class Model:
         """
         stop = 0
         if not input_grad:
-            stop = next((i for i, layer in enumerate(self.layers) if layer.params), len(self.layers))
+            stop = self.first_with_params()
         i = len(self.layers) - 1
         while i >= stop:
             layer = self.layers[i]

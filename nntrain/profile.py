@@ -69,7 +69,7 @@ def profile_model(model: Model, loss: Any, x: np.ndarray, labels: np.ndarray, ba
     layers = model.layers
     n_layers = len(layers)
     order = model.execution_order()
-    first = next((k for k, layer in enumerate(layers) if layer.params), n_layers)
+    first = model.first_with_params()
     backward_order = [k for k in reversed(order) if k >= first]
     fwd = [[] for _ in range(n_layers + 1)]  # last slot: the loss
     bwd = [[] for _ in range(n_layers + 1)]
