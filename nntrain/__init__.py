@@ -12,9 +12,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_config": "nntrain.config", "build_model": "nntrain.model", "Model": "nntrain.model",
-    "build_loss": "nntrain.losses", "SoftmaxCrossEntropy": "nntrain.losses",
-    "build_optimizer": "nntrain.optim", "build_scheduler": "nntrain.schedulers",
+    "load_config": "nntrain.config", "build_model": "nntrain.nn.model", "Model": "nntrain.nn.model",
+    "build_loss": "nntrain.nn.losses", "SoftmaxCrossEntropy": "nntrain.nn.losses",
+    "build_optimizer": "nntrain.nn.optim", "build_scheduler": "nntrain.nn.schedulers",
     "NNTrainError": "nntrain.errors", "ConfigError": "nntrain.errors", "ShapeError": "nntrain.errors",
     "DataError": "nntrain.errors", "CheckpointError": "nntrain.errors", "NumericalError": "nntrain.errors",
 }

@@ -134,11 +134,11 @@ set_option = click.option("-s", "--set", "overrides", multiple=True, metavar="KE
 def train(config: str, overrides: tuple[str, ...], resume: str | None, force: bool, run_dir: str | None,
           init_from: str | None, progress: bool | None, show_augment: bool = False) -> None:
     """Train the model described by CONFIG; prints the run folder."""
-    from nntrain.train import Trainer, train as run_training
+    from nntrain.training.trainer import Trainer, train as run_training
 
     cfg = _load(config, overrides)
     if show_augment:
-        from nntrain.preview import write_augment_preview
+        from nntrain.tools.preview import write_augment_preview
 
         click.echo(str(write_augment_preview(cfg)))
         return
@@ -216,7 +216,7 @@ def gradcheck(config: str, overrides: tuple[str, ...], full: bool, samples: int,
     Example:
       nntrain gradcheck configs/cnn.yaml --full
     """
-    from nntrain.gradcheck import format_gradcheck, gradcheck_config
+    from nntrain.tools.gradcheck import format_gradcheck, gradcheck_config
 
     rows = gradcheck_config(_load(config, overrides), full=full, batch_size=batch_size, samples=samples)
     click.echo(format_gradcheck(rows))
@@ -241,7 +241,7 @@ def time_cmd(config: str, overrides: tuple[str, ...], batches: int, batch_size: 
     Example:
       nntrain --threads 2 time configs/cnn.yaml --batches 50
     """
-    from nntrain.profile import format_profile, profile_config
+    from nntrain.tools.timing import format_profile, profile_config
 
     click.echo(format_profile(profile_config(_load(config, overrides), batches=batches, batch_size=batch_size)))
 
@@ -288,8 +288,8 @@ def eval_cmd(target: str, split: str, batch_size: int, data_root: str | None, pe
       nntrain eval runs/mnist-cnn-20261125-101500/checkpoints/best.npz --split val
       nntrain eval runs/mnist-cnn-20261125-101500 --perturb rotate=0,5,10,15,20 --perturb noise=0,0.1,0.2
     """
-    from nntrain.analysis import evaluate_run
-    from nntrain.runs import load_run
+    from nntrain.tools.report import evaluate_run
+    from nntrain.training.run_folder import load_run
 
     perturbations = _parse_perturb(perturb)
     run = load_run(target)
@@ -297,7 +297,7 @@ def eval_cmd(target: str, split: str, batch_size: int, data_root: str | None, pe
     click.echo(report.format())
     for path in report.save(Path(out) if out else run.out_dir):
         click.echo(f"wrote {path}", err=True)
-    from nntrain.weight_images import save_model_figures
+    from nntrain.tools.weight_images import save_model_figures
 
     for path in save_model_figures(run.model, (Path(out) if out else run.out_dir) / "plots"):
         click.echo(f"wrote {path}", err=True)
@@ -321,7 +321,7 @@ def augment_preview_cmd(config: str, overrides: tuple[str, ...], out: str | None
       nntrain augment-preview configs/cnn_augment.yaml
       nntrain augment-preview configs/cifar_cnn.yaml -n 12 --out preview.png
     """
-    from nntrain.preview import write_augment_preview
+    from nntrain.tools.preview import write_augment_preview
 
     click.echo(str(write_augment_preview(_load(config, overrides), out, n=num, variants=variants)))
 
@@ -340,7 +340,7 @@ def compare(runs: tuple[str, ...], out: str | None) -> None:
       nntrain compare runs/mnist-mlp-20261125-101500 runs/mnist-cnn-20261125-103000
       nntrain compare runs/cnn-plain-* runs/cnn-augment-* --out comparisons/augment
     """
-    from nntrain.compare import compare_runs, default_out_dir, save_comparison
+    from nntrain.tools.compare import compare_runs, default_out_dir, save_comparison
 
     comp = compare_runs(runs)
     click.echo(comp.markdown())
@@ -364,8 +364,8 @@ def predict(target: str, images: tuple[str, ...], invert: bool | None, top: int)
       nntrain predict runs/mnist-cnn-20261125-101500 my_digit.png
       nntrain predict runs/cifar-cnn-20261126-090000/checkpoints/best.npz cat.jpg ship.jpg --top 5
     """
-    from nntrain.predict import format_predictions, predict_files
-    from nntrain.runs import load_run
+    from nntrain.tools.predict import format_predictions, predict_files
+    from nntrain.training.run_folder import load_run
 
     click.echo(format_predictions(predict_files(load_run(target), images, invert, top)))
 

@@ -230,7 +230,7 @@ def _model(raw: Any, dataset: str) -> list[dict[str, Any]]:
     Shape inference finds every impossible shape without allocating weights, so a hostile config
     (`out_features: 1e12`) cannot exhaust memory while being validated.
     """
-    from nntrain.layers import REGISTRY, layer_from_spec
+    from nntrain.nn.layers import REGISTRY, layer_from_spec
 
     if not isinstance(raw, (list, tuple)) or not raw:
         raise ConfigError(f"expected a non-empty list of layers ({{type: linear, out_features: 10}}, ...), "
@@ -293,12 +293,12 @@ def validate(raw: Any, default_name_: str | None = None) -> dict[str, Any]:
     cfg["model"] = _model(raw["model"], cfg["data"]["dataset"])
     loss = raw.get("loss")
     cfg["loss"] = _section(loss if loss is not None else {}, "loss", LOSS_OPTIONS, {}, "the loss")
-    from_optim = _registry("nntrain.optim", "OPTIMIZERS", "optimizers", "optimizer")
+    from_optim = _registry("nntrain.nn.optim", "OPTIMIZERS", "optimizers", "optimizer")
     cfg["optimizer"] = _registered(raw["optimizer"], from_optim, "optimizer", "optimizer")
     train = _train(raw.get("train"), cfg["data"]["val_size"])  # before the scheduler: it needs epochs
     scheduler = raw.get("scheduler")
     if scheduler is not None:
-        schedulers = _registry("nntrain.schedulers", "SCHEDULERS", "learning-rate schedulers", "scheduler")
+        schedulers = _registry("nntrain.nn.schedulers", "SCHEDULERS", "learning-rate schedulers", "scheduler")
         scheduler = _registered(scheduler, schedulers, "scheduler", "scheduler", {"epochs": train["epochs"]})
     cfg["scheduler"] = scheduler
     cfg["train"] = train

@@ -18,7 +18,7 @@ import pytest
 import nntrain.atomic as atomic
 import nntrain.data.download as dl
 from nntrain.atomic import WriteError, atomic_write_bytes, atomic_write_text
-from nntrain.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from nntrain.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from nntrain.errors import DataError
 from test_checkpoints import invoke, make_data_root, small_config
 from conftest import write_config
@@ -107,7 +107,7 @@ def leftovers(folder: Path) -> list[Path]:
 # --- library level ---------------------------------------------------------------------------------
 def _writers(tmp: Path):
     """name -> (path, write(version) callable, read(path) -> comparable) for each kind of file nntrain writes."""
-    from nntrain.plots import plot_curves
+    from nntrain.training.plots import plot_curves
 
     def ckpt(v):
         save_checkpoint(tmp / "last.npz", Checkpoint(params={"0.W": np.full((50, 20), v, np.float32)},

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import tiny_config, write_config
-from nntrain.checkpoint import FORMAT_VERSION, Checkpoint, load_checkpoint, save_checkpoint
+from nntrain.training.checkpoint import FORMAT_VERSION, Checkpoint, load_checkpoint, save_checkpoint
 from nntrain.cli import cli
 from nntrain.data.idx import write_idx
 from nntrain.data.mnist import load_mnist_mini

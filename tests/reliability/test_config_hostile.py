@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from nntrain.config import dump_config, load_config, validate_config
 from nntrain.config.yamlsafe import MAX_BYTES, MAX_DEPTH, MAX_NODES
 from nntrain.errors import ConfigError
-from nntrain.layers import REGISTRY
+from nntrain.nn.layers import REGISTRY
 
 pytestmark = pytest.mark.reliability
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import write_config
-from nntrain.checkpoint import load_checkpoint
+from nntrain.training.checkpoint import load_checkpoint
 from nntrain.data import iterate_batches, num_batches
 from test_checkpoints import invoke, make_data_root, small_config
 

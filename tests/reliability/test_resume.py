@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config, write_config
-from nntrain.checkpoint import load_checkpoint
+from nntrain.training.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.reliability
 

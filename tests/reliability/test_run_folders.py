@@ -15,8 +15,8 @@ import yaml
 
 import nntrain.atomic as atomic_mod
 from conftest import write_config
-from nntrain.checkpoint import load_checkpoint
-from nntrain.train import create_run_dir
+from nntrain.training.checkpoint import load_checkpoint
+from nntrain.training.trainer import create_run_dir
 from test_checkpoints import invoke, make_data_root, small_config
 
 pytestmark = pytest.mark.reliability
@@ -57,7 +57,7 @@ def test_same_second_in_threads(tmp_path, monkeypatch):
 
 
 def test_same_second_in_processes(tmp_path):
-    code = ("import sys, datetime as d, nntrain.train as t, nntrain.atomic as a\n"
+    code = ("import sys, datetime as d, nntrain.training.trainer as t, nntrain.atomic as a\n"
             "class C(d.datetime):\n"
             "    @classmethod\n"
             "    def now(cls, tz=None): return d.datetime(2026, 1, 2, 3, 4, 5)\n"

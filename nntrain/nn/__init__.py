@@ -1,0 +1,1 @@
+"""The network engine: layers, the model, losses, optimizers and schedules (imports nothing above it)."""

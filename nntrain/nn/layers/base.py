@@ -1,0 +1,162 @@
+"""The layer contract, declared options and the registry that maps YAML names to layer classes.
+
+A layer is one class: it declares its YAML options in `options` (which drive config validation),
+infers its output shape, creates its `params` (with matching `grads`) in `build`, and implements
+`forward(x, train)` / `backward(grad)`. Shapes exclude the batch axis: `(C, H, W)` or `(features,)`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from nntrain.errors import ConfigError, ShapeError
+from nntrain.nn.initializers import INITS
+from nntrain.options import (Option, registrar, split_typed_spec, unknown_key_message,  # noqa: F401
+                             validate_options)
+
+Shape = tuple[int, ...]
+
+
+def weight_options(bias_doc: str) -> dict[str, Option]:
+    """The options every layer with a weight and a bias shares (linear, conv2d)."""
+    return {
+        "bias": Option("bool", True, doc=bias_doc),
+        "weight_decay": Option("float", 0.0, minimum=0.0, doc="L2 coefficient λ: dW += λW"),
+        "init": Option("str", "he_normal", choices=INITS, doc="weight initialiser"),
+        "init_std": Option("float", 0.01, minimum=0.0, doc="std for init: normal"),
+    }
+
+
+class Layer:
+    """Base class of every layer.
+
+    Subclasses set `type_name` (via `@register`), declare `options`, and override `output_shape`,
+    `build` (when they have parameters), `forward` and `backward`. `params` and `grads` have the same
+    keys and shapes; `buffers` hold non-trained state saved in checkpoints (batchnorm statistics).
+    `decayed` names the params that the per-layer `weight_decay` λ applies to (dW += λW).
+
+    Array policy:
+    - Layers never modify the arrays passed to forward/backward.
+    - forward/backward return arrays the caller owns: fresh arrays (or views of the caller's own
+      input, as flatten's reshape), never a layer's reused internal buffer, so a caller may keep
+      a result across later calls. Internal scratch (conv's padded input, column matrix and col2im
+      products) is reused across batches of one shape and never handed out.
+    - forward(x, train=True) keeps what backward needs (masks, indices, saved inputs/columns);
+      forward(x, train=False) keeps none of it (and no buffers sized for evaluation batches), so
+      backward after an evaluation forward raises RuntimeError.
+    - `workers` (a nntrain.nn.parallel.Workers, set by the Model; None: one thread) splits element-wise
+      work over the batch axis; results do not depend on the number of threads.
+    """
+
+    type_name: ClassVar[str] = ""
+    options: ClassVar[dict[str, Option]] = {}
+    decayed: ClassVar[tuple[str, ...]] = ()
+    workers: Any = None   # nntrain.nn.parallel.Workers or None; set by Model
+
+    def __init__(self, **opts: Any):
+        values = validate_options(self.options, opts, f"layer '{self.type_name}'")
+        self.config: dict[str, Any] = values
+        for key, v in values.items():
+            setattr(self, key, v)
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
+        self.input_shape: Shape | None = None
+        self.dtype = np.dtype(np.float32)
+
+    # --- shape inference -------------------------------------------------------------------------
+    def output_shape(self, input_shape: Shape) -> Shape:
+        """Per-sample output shape for a per-sample `input_shape`; raises ShapeError if impossible."""
+        return tuple(input_shape)
+
+    # --- construction ----------------------------------------------------------------------------
+    def build(self, input_shape: Shape, dtype: np.dtype, init_rng: np.random.Generator,
+              rng: np.random.Generator) -> Shape:
+        """Create parameters for `input_shape` (init drawn from `init_rng`); keep `rng` for noise
+        (dropout). Returns the output shape."""
+        self.input_shape = tuple(input_shape)
+        self.dtype = np.dtype(dtype)
+        out = self.output_shape(self.input_shape)
+        self._create(self.input_shape, init_rng)
+        self.rng = rng
+        return out
+
+    def _create(self, input_shape: Shape, init_rng: np.random.Generator) -> None:
+        """Create params/grads/buffers; layers without parameters need not override this."""
+
+    def add_param(self, name: str, value: np.ndarray) -> None:
+        """Register a trainable array (cast to the layer dtype) and its zeroed gradient buffer."""
+        self.params[name] = np.ascontiguousarray(value, dtype=self.dtype)
+        self.grads[name] = np.zeros_like(self.params[name])
+
+    # --- computation -----------------------------------------------------------------------------
+    def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, grad: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _cached(self, name: str) -> Any:
+        """The array forward(train=True) kept as `name`; RuntimeError (see _no_cache) when there is none."""
+        value = getattr(self, name, None)
+        if value is None:
+            raise self._no_cache()
+        return value
+
+    def _no_cache(self) -> RuntimeError:
+        return RuntimeError(f"{self.type_name}.backward needs a forward(x, train=True) before it "
+                            "(an evaluation forward keeps nothing for backward)")
+
+    def apply_weight_decay(self) -> None:
+        """Add λ·p to the gradient of each decayed param (L2 penalty λ/2·||p||², as in the report)."""
+        lam = self.config.get("weight_decay", 0.0)
+        if lam:
+            for name in self.decayed:
+                self.grads[name] += lam * self.params[name]
+
+    def regularization_loss(self) -> float:
+        """λ/2 · Σ||p||² over decayed params: the term whose gradient apply_weight_decay adds."""
+        lam = self.config.get("weight_decay", 0.0)
+        if not lam:
+            return 0.0
+        return float(sum(0.5 * lam * np.sum(self.params[n].astype(np.float64) ** 2) for n in self.decayed))
+
+    def flops(self, input_shape: Shape) -> int:
+        """Forward multiply-adds ×2 per sample, where known (for profiling); 0 if not counted."""
+        return 0
+
+    def describe(self) -> str:
+        """Short text for summaries: type and the options that differ from their defaults."""
+        parts = [f"{k}={v}" for k, v in self.config.items()
+                 if self.options[k].required or v != self.options[k].default]
+        return f"{self.type_name}({', '.join(parts)})"
+
+
+# The registry: YAML type name -> layer class. Filled once at import time by @register; read-only after.
+REGISTRY: dict[str, type[Layer]] = {}
+
+
+register = registrar(REGISTRY, "layer type")  # @register("name") on a class makes it `type: name` in YAML
+
+
+def layer_from_spec(spec: Any, path: str = "layer") -> Layer:
+    """Create an (unbuilt) layer from a YAML spec `{type: conv2d, out_channels: 32, ...}`.
+
+    Errors carry the key path, e.g. `model[3].kernel_size`.
+    """
+    if not isinstance(spec, dict):
+        raise ConfigError(f"a layer must be a mapping with a 'type' key, got {spec!r}", path)
+    cls, opts = split_typed_spec(spec, REGISTRY, path, "layer")
+    try:
+        return cls(**opts)
+    except ConfigError as e:
+        raise e.located(prefix=path) from None
+
+
+def require_shape(layer: Layer, input_shape: Shape, ndim: int, hint: str) -> None:
+    """Raise ShapeError unless the per-sample shape has `ndim` axes."""
+    if len(input_shape) != ndim:
+        raise ShapeError(f"{layer.type_name} expects a per-sample input with {ndim} axes, "
+                         f"got shape {tuple(input_shape)}; {hint}")

@@ -1,0 +1,271 @@
+r"""Numerical gradient check: compare every analytic gradient of model + loss with central differences.
+
+For each parameter tensor of each layer, and for the input x, a sample of entries θ_i is perturbed and
+
+    n_i = (f(θ + h e_i) − f(θ − h e_i)) / (2h),   f = data loss + Σ_layers λ/2·||W||²,
+
+is compared with the analytic a_i from one `model.backward` by the relative error
+
+    r_i = |a_i − n_i| / max(|a_i| + |n_i|, tiny).
+
+Why these numbers (float64, h = 1e-6): the truncation error of a central difference is h²/6·|f'''| ≈
+1e-13, and the rounding error is about u·|f|/h with u = 2.2e-16 (a few ulps of the loss, lost in the
+subtraction, divided by h) ≈ 1e-9 for losses of order one. So a correct gradient entry of size ≥ 1e-3
+agrees to ~1e-6 relative or better, and entries smaller than the rounding floor cannot be resolved at
+all: `tiny = floor / tol` turns the test for those into the absolute one |a − n| ≤ floor, where
+floor = 64·u·max(|f|, 1)/h (64 ulps: the loss is a sum of many rounded terms). Overall an entry passes
+iff |a − n| ≤ max(tol·(|a| + |n|), floor) (floor ≈ 3e-8 for f ≈ 2.3): a 1 % error in a backward pass
+is ~5e-3 relative, 5000× over `tol`, on every entry larger than 100·floor.
+
+Making f a deterministic, smooth function of θ:
+- run in train mode (batchnorm uses batch statistics); dropout masks are made identical in every
+  forward by restoring the model's Generator state (`model.rng.bit_generator.state`) before it;
+- ReLU kinks and maxpool ties are avoided by the input: it is drawn from a continuous distribution, so
+  an exact tie or a pre-activation at exactly 0 has probability zero. The remaining risk is a
+  pre-activation within h of a kink (probability ~1e-6 per unit and perturbation), where the difference
+  straddles the kink. A failing entry whose one-sided slopes disagree enough to explain the failure
+  (see `_check_tensor`) is re-measured with h/10, then h/100: a kink crossed at h is left at the
+  smaller steps while a wrong backward stays wrong at every step; each step is judged against its own
+  rounding floor.
+
+Only layers from the perturbed one onwards are re-run: each layer's input and the Generator state
+before it are recorded in the reference forward, so a partial forward reproduces the full one exactly.
+The model is left as it was found (parameters, buffers such as batchnorm running statistics, and the
+Generator state are restored).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from nntrain.errors import ConfigError
+from nntrain.nn.losses import build_loss
+from nntrain.nn.model import Model, build_model
+
+_ULP = np.finfo(np.float64).eps
+_ROUNDING_ULPS = 64  # rounding error of the loss, in ulps of max(|f|, 1): see the module docstring
+_RETRY_STEPS = (10.0, 100.0)  # a failing entry is re-measured with eps / each of these (kink crossing)
+
+# Per-sample input shapes used when nntrain.data.dataset_info is not available.
+_INPUT_SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "mnist-mini": (1, 28, 28),
+                 "cifar10": (3, 32, 32)}
+
+
+@dataclass(frozen=True)
+class GradcheckRow:
+    """Result for one tensor: `layer` is the layer index (None for the input), `tensor` the param name
+    ("W", "b", "gamma", ...) or "input"; `max_rel_error` the largest r_i over the `checked` entries
+    (of `size`), `worst_index` where it occurred, `passed` whether it is ≤ `tol`."""
+
+    layer: int | None
+    layer_type: str
+    tensor: str
+    checked: int
+    size: int
+    max_rel_error: float
+    worst_index: tuple[int, ...] | None
+    tol: float
+    passed: bool
+
+    @property
+    def name(self) -> str:
+        """Model-level name: "3.W", or "input"."""
+        return self.tensor if self.layer is None else f"{self.layer}.{self.tensor}"
+
+
+def dataset_input_shape(name: str) -> tuple[int, ...]:
+    """Per-sample input shape (C, H, W) of a dataset by config name; ConfigError if unknown."""
+    try:
+        from nntrain.data import dataset_info
+    except ImportError:
+        try:
+            from nntrain.data.registry import dataset_info
+        except ImportError:  # the data package is optional here: fall back to the table above
+            dataset_info = None
+    if dataset_info is not None:
+        return tuple(int(s) for s in dataset_info(name).input_shape)
+    if name not in _INPUT_SHAPES:
+        raise ConfigError(f"unknown dataset {name!r}; valid: {', '.join(_INPUT_SHAPES)}", "data.dataset")
+    return _INPUT_SHAPES[name]
+
+
+def config_input_shape(cfg: Mapping[str, Any]) -> tuple[int, ...]:
+    """Input shape for a loaded config: from `data.dataset`."""
+    data = cfg.get("data") or {}
+    if not isinstance(data, Mapping) or "dataset" not in data:
+        raise ConfigError("the config needs data.dataset to know the input shape", "data.dataset")
+    return dataset_input_shape(str(data["dataset"]))
+
+
+class _Objective:
+    """f(θ) evaluated from layer k onwards, reproducing the reference forward exactly."""
+
+    def __init__(self, model: Model, loss: Any, x: np.ndarray, labels: np.ndarray):
+        self.model, self.loss, self.labels = model, loss, labels
+        self.inputs: list[np.ndarray] = []
+        self.states: list[dict] = []
+        h = x
+        for layer in model.layers:
+            self.inputs.append(h)
+            self.states.append(model.rng.bit_generator.state)
+            h = layer.forward(h, train=True)
+        self.value = loss.forward(h, labels) + model.regularization_loss()
+
+    def __call__(self, start: int, reg_layer: int | None) -> float:
+        """Data loss from layer `start` on, plus the weight-decay term of layer `reg_layer` (the only
+        one that changes when that layer's params move; constant terms are left out of f± so that
+        they do not add rounding error to the difference)."""
+        self.model.rng.bit_generator.state = self.states[start]
+        h = self.inputs[start]
+        for layer in self.model.layers[start:]:
+            h = layer.forward(h, train=True)
+        f = self.loss.forward(h, self.labels)
+        if reg_layer is not None:
+            f += self.model.layers[reg_layer].regularization_loss()
+        return f
+
+
+def _check_tensor(f, array: np.ndarray, analytic: np.ndarray, indices: np.ndarray, eps: float,
+                  tol: float, scale: float) -> tuple[float, int]:
+    """Max relative error over `indices` (flat) of `array`, perturbed in place and restored exactly.
+
+    f() is the objective at the current value of `array`. A failing entry is re-measured with a
+    smaller step only if the one-sided slopes (f+ − f0)/h and (f0 − f−)/h differ by at least the
+    discrepancy: a kink crossed within ±h perturbs the central difference by at most half that
+    difference, so only then can the failure be the kink's and not the backward's. This test uses
+    forward values alone, so a wrong backward pass can never trigger a retry by itself.
+    """
+    if not array.flags.c_contiguous:  # reshape would copy, and the perturbation would be lost
+        raise ValueError("gradcheck perturbs arrays in place through a flat view: params must be C-contiguous")
+    flat = array.reshape(-1)
+    a_flat = analytic.reshape(-1)
+    f0 = f()
+    worst, worst_i = -1.0, int(indices[0])
+    for i in indices:
+        i = int(i)
+        a = float(a_flat[i])
+        best = math.inf
+        for div in (1.0, *_RETRY_STEPS):
+            h = eps / div
+            orig = flat[i]
+            flat[i] = orig + h
+            up, step_up = f(), flat[i] - orig
+            flat[i] = orig - h
+            down, step_down = f(), orig - flat[i]
+            flat[i] = orig
+            n = (up - down) / (step_up + step_down)  # the steps actually taken, not the nominal h
+            floor = _ROUNDING_ULPS * _ULP * scale / h
+            err = abs(a - n) / max(abs(a) + abs(n), floor / tol)
+            best = min(best, err if math.isfinite(err) else math.inf)
+            kink_spread = abs((up - f0) / step_up - (f0 - down) / step_down) / 2
+            if best <= tol or not kink_spread >= abs(a - n):
+                break
+        if best > worst:
+            worst, worst_i = best, i
+    return worst, worst_i
+
+
+def gradcheck(model: Model, loss: Any, x: np.ndarray, labels: np.ndarray, *, samples: int = 200,
+              full: bool = False, eps: float = 1e-6, tol: float = 1e-6,
+              rng: np.random.Generator | None = None) -> list[GradcheckRow]:
+    """Check every parameter gradient of every layer and dL/dx against central differences.
+
+    model: built in float64; x: (N, *model.input_shape), labels: (N,) class indices; loss: an object
+    with forward(z, labels) -> float and backward() -> dL/dz (SoftmaxCrossEntropy). `samples` entries
+    per tensor are checked (drawn without replacement from `rng`), all of them if `full`.
+    Returns one row per tensor: the input first, then the params in layer order.
+    """
+    if model.dtype != np.float64 or any(p.dtype != np.float64 for _, p, _ in model.parameters()):
+        raise ValueError("gradcheck needs a float64 model: build_model(..., dtype=np.float64)")
+    rng = np.random.default_rng(0) if rng is None else rng
+    x = np.array(x, dtype=np.float64, copy=True, order="C")  # ours to perturb
+    labels = np.asarray(labels)
+    saved = model.state_dict()
+    noise_state = model.rng.bit_generator.state
+    # A first layer may be told to skip dL/dx (conv2d's skip_input_grad, a training speed-up); the
+    # check needs it, so it is switched off for the duration.
+    skipping = [layer for layer in model.layers if getattr(layer, "skip_input_grad", False)]
+    for layer in skipping:
+        layer.skip_input_grad = False
+    try:
+        # Reference pass (records each layer's input and the Generator state before it), then backward.
+        f = _Objective(model, loss, x, labels)
+        dx = model.backward(loss.backward()).copy()
+        grads = {(k, name): g.copy() for k, layer in enumerate(model.layers) for name, g in layer.grads.items()}
+        scale = max(abs(f.value), 1.0)
+
+        def pick(size: int) -> np.ndarray:
+            if full or size <= samples:
+                return np.arange(size)
+            return np.sort(rng.choice(size, size=samples, replace=False))
+
+        rows = []
+        targets = [(None, "input", "input", x, dx)]
+        for k, layer in enumerate(model.layers):
+            for name, p in layer.params.items():
+                targets.append((k, layer.type_name, name, p, grads[(k, name)]))
+        for k, kind, name, array, analytic in targets:
+            if array.size == 0:
+                continue
+            idx = pick(array.size)
+            start, reg = (0, None) if k is None else (k, k)
+            err, at = _check_tensor(lambda: f(start, reg), array, analytic, idx, eps, tol, scale)
+            rows.append(GradcheckRow(k, kind, name, len(idx), array.size, err,
+                                     tuple(int(j) for j in np.unravel_index(at, array.shape)), tol,
+                                     bool(err <= tol)))
+        return rows
+    finally:
+        model.load_state_dict(saved)
+        model.rng.bit_generator.state = noise_state
+        for layer in skipping:
+            layer.skip_input_grad = True
+
+
+def gradcheck_config(cfg: Mapping[str, Any], full: bool = False, batch_size: int = 4,
+                     samples: int = 200) -> list[GradcheckRow]:
+    """Build the config's model in float64 (its seed) and loss, draw a random batch, run `gradcheck`.
+
+    cfg: a loaded config dict with `seed`, `data.dataset`, `model` (layer specs) and `loss`.
+    The batch x ~ N(0, 1) and labels come from a Generator derived from the seed, apart from the
+    model's own streams; a continuous x makes maxpool ties and exact ReLU kinks improbable.
+    """
+    seed = int(cfg.get("seed", 0) or 0)
+    input_shape = config_input_shape(cfg)
+    model = build_model(cfg["model"], input_shape, seed=seed, dtype=np.float64)
+    loss = build_loss(cfg.get("loss"))
+    if len(model.output_shape) != 1:
+        raise ConfigError(f"the model's output must be class scores of shape (classes,), "
+                          f"got {model.output_shape}; end it with a linear layer", "model")
+    rng = np.random.default_rng([seed, 101])  # the check's own stream (model uses [seed, 0], [seed, 1])
+    x = rng.standard_normal((batch_size, *input_shape))
+    labels = rng.integers(0, model.output_shape[0], size=batch_size)
+    return gradcheck(model, loss, x, labels, samples=samples, full=full, rng=rng)
+
+
+def gradcheck_failed(rows: Sequence[GradcheckRow]) -> list[GradcheckRow]:
+    """The rows over tolerance (empty when the check passes)."""
+    return [r for r in rows if not r.passed]
+
+
+def format_gradcheck(rows: Sequence[GradcheckRow]) -> str:
+    """Table: layer, type, tensor, entries checked, max relative error, pass/FAIL; then a verdict line."""
+    table = [("layer", "type", "tensor", "checked", "max rel. error", "result")]
+    for r in rows:
+        table.append(("-" if r.layer is None else str(r.layer), r.layer_type, r.tensor,
+                      f"{r.checked}/{r.size}", f"{r.max_rel_error:.2e}", "pass" if r.passed else "FAIL"))
+    widths = [max(len(t[c]) for t in table) for c in range(len(table[0]))]
+    right = {0, 3, 4}
+    lines = ["  ".join(c.rjust(w) if j in right else c.ljust(w) for j, (c, w) in enumerate(zip(t, widths))).rstrip()
+             for t in table]
+    lines.insert(1, "-" * len(lines[0]))
+    bad = gradcheck_failed(rows)
+    tol = rows[0].tol if rows else 0.0
+    if bad:
+        lines.append(f"FAILED: {', '.join(r.name for r in bad)} over tolerance {tol:g}")
+    else:
+        lines.append(f"all {len(rows)} tensors within tolerance {tol:g}")
+    return "\n".join(lines)

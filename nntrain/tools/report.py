@@ -1,0 +1,136 @@
+"""Measuring a trained run: loss, accuracy, per-class accuracy, confusion matrix, the most confident
+mistakes, and accuracy under perturbed inputs. Tables and plots are made from the same arrays."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from nntrain.atomic import atomic_write_text
+from nntrain.errors import ConfigError
+from nntrain.training.evaluate import Evaluation, evaluate
+from nntrain.nn.losses import build_loss
+from nntrain.training.run_folder import LoadedRun
+
+log = logging.getLogger("nntrain")
+
+
+def split_images(run: LoadedRun, split: str, data_root: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """The uint8 images and labels of `split` (test | val | train), reproducing the run's own split."""
+    from nntrain.data import load_dataset, split_validation
+
+    d = run.cfg["data"]
+    ds = load_dataset(d["dataset"], root=data_root or d.get("root"), download=d.get("download", True))
+    if split == "test":
+        return ds.test_images, ds.test_labels
+    tr_x, tr_y, va_x, va_y = split_validation(ds.train_images, ds.train_labels, d["val_size"],
+                                              np.random.default_rng([run.cfg["seed"], 2]))
+    if split == "val":
+        if len(va_y) == 0:
+            raise ConfigError("this run has no validation split (data.val_size is 0); use --split test", "--split")
+        return va_x, va_y
+    return tr_x, tr_y
+
+
+@dataclass
+class EvalReport:
+    split: str
+    class_names: list[str]
+    evaluation: Evaluation
+    images: np.ndarray
+    robustness: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # kind -> [(level, acc)]
+
+    @property
+    def confusion(self) -> np.ndarray:
+        return self.evaluation.confusion(len(self.class_names))
+
+    def metrics(self) -> dict:
+        ev = self.evaluation
+        per_class = ev.per_class_accuracy(len(self.class_names))
+        out = {"split": self.split, "samples": int(len(ev.labels)), "loss": ev.loss, "accuracy": ev.accuracy,
+               "per_class_accuracy": {n: (None if np.isnan(a) else float(a)) for n, a in zip(self.class_names, per_class)}}
+        if self.robustness:
+            out["robustness"] = {k: [{"level": lv, "accuracy": acc} for lv, acc in v] for k, v in self.robustness.items()}
+        return out
+
+    def format(self) -> str:
+        ev, names = self.evaluation, self.class_names
+        lines = [f"{self.split} set: {len(ev.labels)} samples   loss {ev.loss:.4f}   accuracy {ev.accuracy:.4f}", ""]
+        width = max(len(n) for n in names)
+        lines.append(f"{'class'.ljust(width)}  accuracy  samples")
+        cm = self.confusion
+        for name, acc, total in zip(names, ev.per_class_accuracy(len(names)), cm.sum(axis=1)):
+            lines.append(f"{name.ljust(width)}  {acc:8.4f}  {total:7d}")
+        lines += ["", "confusion matrix (rows: true class, columns: predicted)"]
+        cw = max(5, len(str(cm.max())) + 1)
+        lines.append(" " * width + "".join(str(i).rjust(cw) for i in range(len(names))))
+        for i, name in enumerate(names):
+            lines.append(name.ljust(width) + "".join(str(v).rjust(cw) for v in cm[i]))
+        for kind, rows in self.robustness.items():
+            lines += ["", f"robustness: {kind}", "   level  accuracy"]
+            lines += [f"{lv:8g}  {acc:8.4f}" for lv, acc in rows]
+        return "\n".join(lines)
+
+    def most_confident_mistakes(self, k: int = 32) -> np.ndarray:
+        """Indices of misclassified samples, most confident (highest predicted probability) first."""
+        ev = self.evaluation
+        wrong = np.flatnonzero(ev.predictions != ev.labels)
+        conf = ev.probs[wrong, ev.predictions[wrong]]
+        return wrong[np.argsort(-conf, kind="stable")[:k]]
+
+    def save(self, out_dir: Path) -> list[Path]:
+        """eval/metrics.json, eval/confusion.csv, plots/confusion.png, plots/misclassified.png (+ robustness)."""
+        from nntrain.training.plots import image_grid, plot_confusion
+
+        eval_dir, plots_dir = out_dir / "eval", out_dir / "plots"
+        eval_dir.mkdir(parents=True, exist_ok=True)
+        plots_dir.mkdir(parents=True, exist_ok=True)
+        written = [eval_dir / "metrics.json", eval_dir / "confusion.csv", plots_dir / "confusion.png",
+                   plots_dir / "misclassified.png"]
+        atomic_write_text(written[0], json.dumps(self.metrics(), indent=2) + "\n")
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["true \\ predicted"] + self.class_names)
+        for name, row in zip(self.class_names, self.confusion):
+            w.writerow([name] + [int(v) for v in row])
+        atomic_write_text(written[1], buf.getvalue())
+        plot_confusion(self.confusion, self.class_names, written[2])
+        idx = self.most_confident_mistakes()
+        ev = self.evaluation
+        titles = [f"{self.class_names[ev.labels[i]]}→{self.class_names[ev.predictions[i]]} "
+                  f"{ev.probs[i, ev.predictions[i]]:.2f}" for i in idx]
+        image_grid(self.images[idx], titles, written[3])
+        if self.robustness:
+            from nntrain.training.plots import plot_robustness
+
+            written.append(plots_dir / "robustness.png")
+            plot_robustness(self.robustness, written[-1])
+        return written
+
+
+def evaluate_run(run: LoadedRun, split: str = "test", batch_size: int = 256, data_root: str | None = None,
+                 perturbations: Sequence[tuple[str, list[float]]] = (), seed: int = 0) -> EvalReport:
+    """Evaluate a loaded run on a split, optionally under each perturbation level."""
+    images, labels = split_images(run, split, data_root)
+    loss = build_loss(run.cfg["loss"])
+    ev = evaluate(run.model, loss, images, labels, batch_size, run.mean, run.std)
+    names = list(run.ckpt.meta.get("class_names") or [str(i) for i in range(run.model.output_shape[0])])
+    report = EvalReport(split, names, ev, images)
+    for kind, levels in perturbations:
+        from nntrain.data.perturb import perturbation
+
+        rows = []
+        for level in levels:
+            rng = np.random.default_rng([seed, 7])
+            transform = perturbation(kind, level, rng)
+            acc = evaluate(run.model, loss, images, labels, batch_size, run.mean, run.std, transform).accuracy
+            rows.append((float(level), acc))
+        report.robustness[kind] = rows
+    return report

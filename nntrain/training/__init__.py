@@ -1,0 +1,1 @@
+"""Training: the loop, its callbacks, checkpoints, the run folder, evaluation and curves."""

@@ -1,0 +1,51 @@
+"""Evaluation of a model on a labelled set: loss, accuracy, per-class accuracy, confusion matrix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nntrain.data import iterate_batches
+from nntrain.nn.losses import SoftmaxCrossEntropy
+from nntrain.nn.model import Model
+
+
+@dataclass
+class Evaluation:
+    """Results on one split. probs: (N, K) softmax outputs; predictions: (N,) argmax."""
+
+    loss: float
+    accuracy: float
+    probs: np.ndarray
+    predictions: np.ndarray
+    labels: np.ndarray
+
+    def confusion(self, num_classes: int) -> np.ndarray:
+        """(K, K) counts: row = true class, column = predicted class."""
+        cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+        np.add.at(cm, (self.labels, self.predictions), 1)
+        return cm
+
+    def per_class_accuracy(self, num_classes: int) -> np.ndarray:
+        cm = self.confusion(num_classes)
+        totals = cm.sum(axis=1)
+        return np.divide(np.diag(cm), totals, out=np.full(num_classes, np.nan), where=totals > 0)
+
+
+def evaluate(model: Model, loss: SoftmaxCrossEntropy, images: np.ndarray, labels: np.ndarray, batch_size: int,
+             mean: np.ndarray | None, std: np.ndarray | None, transform=None) -> Evaluation:
+    """Run the model in eval mode over uint8 `images` (N, C, H, W); `transform` (on [0,1] floats) perturbs inputs."""
+    n = len(labels)
+    probs = np.empty((n, model.output_shape[0]), dtype=model.dtype)
+    total = 0.0
+    start = 0
+    for x, y in iterate_batches(images, labels, batch_size, mean=mean, std=std, transform=transform,
+                                dtype=model.dtype):
+        z = model.forward(x, train=False)
+        total += loss.forward(z, y) * len(y)
+        probs[start:start + len(y)] = loss.probabilities()
+        start += len(y)
+    preds = probs.argmax(axis=1) if n else np.zeros(0, dtype=np.int64)
+    acc = float((preds == labels).mean()) if n else float("nan")
+    return Evaluation(total / n if n else float("nan"), acc, probs, preds, np.asarray(labels))

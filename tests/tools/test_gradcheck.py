@@ -1,0 +1,278 @@
+"""Numerical gradient check: passes on every registered layer type (with weight decay), fails naming
+the tensor when a backward pass is deliberately broken, leaves the model as it found it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nntrain import build_loss, build_model
+from nntrain.tools.gradcheck import GradcheckRow, format_gradcheck, gradcheck, gradcheck_config, gradcheck_failed
+from nntrain.nn.layers import REGISTRY, Layer
+
+WD = 0.05  # weight decay on every layer that takes it, so dW += λW is checked too
+
+# One or more small models per layer type: (per-sample input shape, layers before the common head).
+# The layer under test is the last one in the list; the head (flatten, linear) produces 3 logits.
+LAYER_CASES: dict[str, list[tuple[tuple[int, ...], list[dict]]]] = {
+    "linear": [((7,), [{"type": "linear", "out_features": 5, "weight_decay": WD}]),
+               ((7,), [{"type": "linear", "out_features": 5, "bias": False, "weight_decay": WD}])],
+    "conv2d": [((3, 7, 6), [{"type": "conv2d", "out_channels": 4, "kernel_size": [3, 2], "stride": 2,
+                             "padding": 1, "weight_decay": WD}]),
+               ((2, 5, 5), [{"type": "conv2d", "out_channels": 3, "kernel_size": 3, "weight_decay": WD}])],
+    "maxpool2d": [((2, 7, 7), [{"type": "conv2d", "out_channels": 3, "kernel_size": 3, "padding": 1,
+                                "weight_decay": WD},
+                               {"type": "maxpool2d", "kernel_size": 3, "stride": 2}])],
+    "avgpool2d": [((2, 7, 7), [{"type": "conv2d", "out_channels": 3, "kernel_size": 3, "padding": 1,
+                                "weight_decay": WD},
+                               {"type": "avgpool2d", "kernel_size": 2}])],
+    "flatten": [((2, 3, 3), [{"type": "flatten"}])],
+    "relu": [((6,), [{"type": "linear", "out_features": 8, "weight_decay": WD}, {"type": "relu"}])],
+    "leaky_relu": [((6,), [{"type": "linear", "out_features": 8, "weight_decay": WD}, {"type": "leaky_relu"}])],
+    "sigmoid": [((6,), [{"type": "linear", "out_features": 8, "weight_decay": WD}, {"type": "sigmoid"}])],
+    "tanh": [((6,), [{"type": "linear", "out_features": 8, "weight_decay": WD}, {"type": "tanh"}])],
+    "softmax": [((6,), [{"type": "linear", "out_features": 8, "weight_decay": WD}, {"type": "softmax"}])],
+    "gelu": [((6,), [{"type": "linear", "out_features": 8, "weight_decay": WD}, {"type": "gelu"}])],
+    "dropout": [((6,), [{"type": "linear", "out_features": 8, "weight_decay": WD}, {"type": "dropout", "p": 0.5}])],
+    "batchnorm": [((6,), [{"type": "linear", "out_features": 5, "weight_decay": WD}, {"type": "batchnorm"}]),
+                  ((2, 5, 4), [{"type": "conv2d", "out_channels": 3, "kernel_size": 3, "padding": 1,
+                                "weight_decay": WD},
+                               {"type": "batchnorm"}])],
+}
+
+
+def build_case(input_shape, layers, seed=0):
+    head = [{"type": "flatten"}, {"type": "linear", "out_features": 3, "weight_decay": WD}]
+    model = build_model(layers + head, input_shape, seed=seed, dtype=np.float64)
+    rng = np.random.default_rng(seed + 1)
+    x = rng.standard_normal((4, *input_shape))
+    labels = rng.integers(0, 3, size=4)
+    return model, x, labels
+
+
+def registered_cases(with_params_only=False):
+    """(type, case index) for every registered type; only types that create parameters if asked."""
+    return [pytest.param(name, i, id=f"{name}-{i}")
+            for name in sorted(REGISTRY) for i in range(len(LAYER_CASES.get(name, [])))
+            if not with_params_only or REGISTRY[name]._create is not Layer._create]
+
+
+def test_every_registered_layer_has_a_case():
+    missing = sorted(set(REGISTRY) - set(LAYER_CASES))
+    assert not missing, f"add a gradcheck case to LAYER_CASES for: {missing}"
+
+
+@pytest.mark.parametrize("name,case", registered_cases())
+def test_gradcheck_passes_on_every_layer_type(name, case):
+    input_shape, layers = LAYER_CASES[name][case]
+    model, x, labels = build_case(input_shape, layers)
+    rows = gradcheck(model, build_loss(None), x, labels, full=True, rng=np.random.default_rng(0))
+    assert not gradcheck_failed(rows), format_gradcheck(rows)
+    # every parameter tensor and the input were checked, each entry of each
+    expected = {"input"} | {name for name, _, _ in model.parameters()}
+    assert {r.name for r in rows} == expected
+    assert all(r.checked == r.size for r in rows)
+    assert all(0.0 <= r.max_rel_error <= 1e-6 for r in rows)
+
+
+def break_backward(monkeypatch, layer, param=None, factor=1.01):
+    """Scale the layer's `param` gradient (or, with param None, its input gradient) by `factor`."""
+    original = layer.backward
+
+    def broken(grad):
+        dx = original(grad)
+        if param is None:
+            return dx * factor
+        layer.grads[param] *= factor
+        return dx
+
+    monkeypatch.setattr(layer, "backward", broken)
+
+
+@pytest.mark.parametrize("name,case", registered_cases(with_params_only=True))
+def test_gradcheck_names_a_broken_param_gradient(monkeypatch, name, case):
+    input_shape, layers = LAYER_CASES[name][case]
+    model, x, labels = build_case(input_shape, layers)
+    k = len(layers) - 1  # the layer under test
+    layer = model.layers[k]
+    assert layer.params, f"{name} overrides _create but made no parameters in this case"
+    for param in list(layer.params):
+        with monkeypatch.context() as mp:
+            break_backward(mp, layer, param)
+            rows = gradcheck(model, build_loss(None), x, labels, rng=np.random.default_rng(0))
+        bad = [r.name for r in gradcheck_failed(rows)]
+        assert bad == [f"{k}.{param}"], format_gradcheck(rows)
+        text = format_gradcheck(rows)
+        assert "FAIL" in text and f"{k}.{param}" in text.splitlines()[-1]
+
+
+@pytest.mark.parametrize("name,case", registered_cases())
+def test_gradcheck_names_a_broken_input_gradient(monkeypatch, name, case):
+    """Breaking the first layer's dx corrupts only dL/dx: the input row fails, nothing else."""
+    input_shape, layers = LAYER_CASES[name][case]
+    model, x, labels = build_case(input_shape, layers)
+    break_backward(monkeypatch, model.layers[0], None)
+    rows = gradcheck(model, build_loss(None), x, labels, rng=np.random.default_rng(0))
+    assert [r.name for r in gradcheck_failed(rows)] == ["input"], format_gradcheck(rows)
+
+
+def test_broken_inner_input_gradient_fails_everything_upstream(monkeypatch):
+    """dx of layer 2 feeds layer 0's grads and the input: all of those fail, layer 2's params pass."""
+    model, x, labels = build_case((6,), [{"type": "linear", "out_features": 8, "weight_decay": WD},
+                                         {"type": "relu"}])
+    break_backward(monkeypatch, model.layers[3], None)  # the head's linear
+    rows = gradcheck(model, build_loss(None), x, labels, rng=np.random.default_rng(0))
+    assert [r.name for r in gradcheck_failed(rows)] == ["input", "0.W", "0.b"], format_gradcheck(rows)
+
+
+def test_missing_weight_decay_gradient_fails(monkeypatch):
+    """A backward that forgets dW += λW disagrees with the loss, which includes λ/2·||W||²."""
+    model, x, labels = build_case((6,), [{"type": "linear", "out_features": 8, "weight_decay": 0.1}])
+    layer = model.layers[0]
+    monkeypatch.setattr(layer, "apply_weight_decay", lambda: None)
+    rows = gradcheck(model, build_loss(None), x, labels, rng=np.random.default_rng(0))
+    assert [r.name for r in gradcheck_failed(rows)] == ["0.W"]
+
+
+def test_sampling_checks_at_most_samples_entries_per_tensor():
+    model, x, labels = build_case((30,), [{"type": "linear", "out_features": 20, "weight_decay": WD}])
+    rows = gradcheck(model, build_loss(None), x, labels, samples=50, rng=np.random.default_rng(0))
+    by_name = {r.name: r for r in rows}
+    assert by_name["0.W"].checked == 50 and by_name["0.W"].size == 600
+    assert by_name["0.b"].checked == 20  # smaller than `samples`: all of it
+    assert by_name["input"].checked == 50 and by_name["input"].size == 120
+    assert not gradcheck_failed(rows)
+
+
+def test_gradcheck_leaves_the_model_unchanged():
+    model, x, labels = build_case((6,), [{"type": "linear", "out_features": 8, "weight_decay": WD},
+                                         {"type": "relu"}])
+    before = model.state_dict()
+    rng_state = model.rng.bit_generator.state
+    x_before = x.copy()
+    gradcheck(model, build_loss(None), x, labels, rng=np.random.default_rng(0))
+    after = model.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    assert model.rng.bit_generator.state == rng_state
+    assert np.array_equal(x, x_before)
+
+
+def test_gradcheck_rejects_float32_models():
+    model = build_model([{"type": "linear", "out_features": 3}], (4,), dtype=np.float32)
+    with pytest.raises(ValueError, match="float64"):
+        gradcheck(model, build_loss(None), np.zeros((2, 4)), np.array([0, 1]), rng=np.random.default_rng(0))
+
+
+def test_relu_kink_inside_the_step_is_remeasured():
+    """A pre-activation 3e-7 from the ReLU kink: the ±1e-6 difference of its bias straddles the kink
+    (and is wrong), the retry with a smaller step does not, so the correct backward passes."""
+    model = build_model([{"type": "linear", "out_features": 2}, {"type": "relu"},
+                         {"type": "linear", "out_features": 3}], (2,), dtype=np.float64)
+    x = np.array([[1.0, -0.5], [0.3, 0.8]])
+    labels = np.array([0, 2])
+    lin = model.layers[0]
+    lin.params["b"][0] = 3e-7 - x[0] @ lin.params["W"][:, 0]  # z[0, 0] = 3e-7 > 0, alive
+    loss = build_loss(None)
+    z = x @ lin.params["W"] + lin.params["b"]
+    assert 0 < z[0, 0] < 1e-6
+    # the plain central difference at h = 1e-6 is off by far more than the tolerance
+    rows = gradcheck(model, loss, x, labels, full=True, rng=np.random.default_rng(0))
+    analytic_db0 = _analytic(model, loss, x, labels)["0.b"][0]
+    b = lin.params["b"]
+
+    def f():
+        return loss.forward(model.forward(x, train=True), labels)
+
+    orig = b[0]
+    b[0] = orig + 1e-6
+    up = f()
+    b[0] = orig - 1e-6
+    down = f()
+    b[0] = orig
+    naive = (up - down) / 2e-6
+    assert abs(naive - analytic_db0) / (abs(naive) + abs(analytic_db0)) > 1e-3
+    assert not gradcheck_failed(rows), format_gradcheck(rows)
+
+
+def _analytic(model, loss, x, labels):
+    loss.forward(model.forward(x, train=True), labels)
+    model.backward(loss.backward())
+    return {name: g.copy() for name, _, g in model.parameters()}
+
+
+def test_gradcheck_config_builds_from_a_config_dict():
+    cfg = {"seed": 3, "data": {"dataset": "mnist-mini"},
+           "model": [{"type": "flatten"}, {"type": "linear", "out_features": 16, "weight_decay": 1e-4},
+                     {"type": "relu"}, {"type": "linear", "out_features": 10}],
+           "loss": {"type": "softmax_cross_entropy", "label_smoothing": 0.1}}
+    rows = gradcheck_config(cfg, samples=40)
+    assert [r.name for r in rows] == ["input", "1.W", "1.b", "3.W", "3.b"]
+    assert rows[0].size == 4 * 28 * 28 and rows[0].checked == 40
+    assert not gradcheck_failed(rows)
+    again = gradcheck_config(cfg, samples=40)
+    assert [r.max_rel_error for r in again] == [r.max_rel_error for r in rows]  # reproducible
+
+
+def test_format_gradcheck_lists_every_tensor_and_the_verdict():
+    rows = [GradcheckRow(None, "input", "input", 10, 10, 1e-9, (0,), 1e-6, True),
+            GradcheckRow(0, "linear", "W", 200, 600, 3e-2, (1, 2), 1e-6, False)]
+    text = format_gradcheck(rows)
+    lines = text.splitlines()
+    assert "max rel. error" in lines[0]
+    assert any("input" in line and "pass" in line and "1.00e-09" in line for line in lines)
+    assert any(" W " in line and "FAIL" in line and "3.00e-02" in line and "200/600" in line for line in lines)
+    assert lines[-1].startswith("FAILED: 0.W")
+    assert format_gradcheck(rows[:1]).splitlines()[-1].startswith("all 1 tensors within tolerance")
+
+
+def test_first_layer_skipping_its_input_gradient_is_still_checked():
+    """conv2d's skip_input_grad (a training speed-up) is switched off for the check and restored."""
+    if "conv2d" not in REGISTRY:
+        pytest.skip("conv2d not registered")
+    model, x, labels = build_case((2, 5, 5), [{"type": "conv2d", "out_channels": 2, "kernel_size": 3}])
+    model.layers[0].skip_input_grad = True
+    rows = gradcheck(model, build_loss(None), x, labels, rng=np.random.default_rng(0))
+    assert rows[0].name == "input" and rows[0].passed
+    assert model.layers[0].skip_input_grad is True
+
+
+SHIPPED_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+QUICKSTART = next(p for p in SHIPPED_CONFIGS if p.name == "quickstart.yaml")
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.name)
+def test_gradcheck_passes_on_every_shipped_config(path):
+    from nntrain.config import load_config
+
+    cfg = load_config(path)
+    rows = gradcheck_config(cfg, samples=12, batch_size=2)
+    assert not gradcheck_failed(rows), format_gradcheck(rows)
+    n_param_layers = sum(1 for spec in cfg["model"] if spec["type"] in ("linear", "conv2d", "batchnorm"))
+    assert "input" in {r.name for r in rows} and len(rows) >= 1 + 2 * n_param_layers
+
+
+def test_gradcheck_command_exit_codes(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from nntrain.cli import cli
+
+    runner = CliRunner()
+    good = runner.invoke(cli, ["gradcheck", str(QUICKSTART), "--samples", "20"])
+    assert good.exit_code == 0, good.output
+    assert "gradcheck passed" in good.output
+    # a deliberately broken backward: the command fails with exit 1 and names the tensor
+    from nntrain.nn.layers.linear import Linear
+
+    real = Linear.backward
+
+    def broken(self, grad):
+        dx = real(self, grad)
+        self.grads["W"] *= 1.01
+        return dx
+
+    monkeypatch.setattr(Linear, "backward", broken)
+    bad = runner.invoke(cli, ["gradcheck", str(QUICKSTART), "--samples", "20"])
+    assert bad.exit_code == 1, bad.output
+    assert "FAIL" in bad.output and ".W" in bad.output
