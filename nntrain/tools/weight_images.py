@@ -105,7 +105,6 @@ def save_model_figures(model: Model, plots_dir: str | Path) -> list[Path]:
     for name, tiles in (("kernels.png", kernel_tiles(model)), ("weights.png", weight_tiles(model))):
         if tiles is None:
             continue
-        plots_dir.mkdir(parents=True, exist_ok=True)
         path = plots_dir / name
         tile_grid(tiles.images, tiles.titles, path, signed=tiles.signed)
         log.debug("wrote %s", path)

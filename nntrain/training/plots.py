@@ -1,5 +1,6 @@
-"""Figures written into a run folder. Uses matplotlib's object API (no pyplot global state) and
-atomic writes, so a plot being redrawn when a run is killed is never left half-written."""
+"""The figures nntrain writes (run folders, eval, compare, model weights). Uses matplotlib's object API
+(no pyplot global state); every PNG goes through `save_figure`, an atomic write, so a plot being redrawn
+when a run is killed is never left half-written."""
 
 from __future__ import annotations
 
@@ -16,11 +17,16 @@ from matplotlib.ticker import MaxNLocator
 from nntrain.atomic import atomic_write_bytes
 
 
-def save_figure(fig: Figure, path: Path, dpi: int = 100) -> None:
+def save_figure(fig: Figure, path: str | Path, dpi: int = 100, tight: bool = True) -> Path:
+    """Write `fig` as a PNG atomically (making its folder) and return the path. `tight` crops to the
+    drawn content; without it the PNG is exactly the figure's size in pixels (figsize x dpi)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight" if tight else None)
     atomic_write_bytes(path, buf.getvalue())
+    return path
 
 
 def _column(history: Sequence[dict], key: str) -> list[float]:
@@ -59,24 +65,6 @@ def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: Path) -> No
         for j in range(k):
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
                     color="white" if cm[i, j] > top / 2 else "black")
-    save_figure(fig, path)
-
-
-def image_grid(images: np.ndarray, titles: Sequence[str], path: Path, cols: int = 8) -> None:
-    """Tile uint8 images (n, C, H, W) with a title each (grey for C=1, RGB for C=3)."""
-    n = len(images)
-    rows = max(1, math.ceil(n / cols))
-    fig = Figure(figsize=(1.4 * cols, 1.6 * rows))
-    for i in range(rows * cols):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        ax.axis("off")
-        if i < n:
-            img = images[i]
-            if img.shape[0] == 1:
-                ax.imshow(img[0], cmap="gray", vmin=0, vmax=255)
-            else:
-                ax.imshow(np.transpose(img, (1, 2, 0)))
-            ax.set_title(titles[i], fontsize=7)
     save_figure(fig, path)
 
 
@@ -128,10 +116,7 @@ def tile_grid(tiles: np.ndarray, titles: Sequence[str], path: Path, cols: int = 
             ax.text(c + 0.5, r + title_h - 0.02, titles[i], ha="center", va="bottom", fontsize=6)
     ax.set_xlim(0, cols)
     ax.set_ylim(rows, 0)
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path, dpi=dpi, tight=False)
     return cols * tile_px, rows * tile_px
 
 
@@ -160,8 +145,5 @@ def plot_compare(curves: Sequence[tuple[str, Sequence[dict]]], path: Path) -> tu
     if curves:
         axes[1].legend(fontsize=7, loc="lower right")
     fig.subplots_adjust(left=0.06, right=0.99, top=0.93, bottom=0.1, wspace=0.2)
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path, dpi=100, tight=False)
     return 1300, 500
