@@ -17,6 +17,7 @@ from nntrain.atomic import atomic_write_text
 from nntrain.errors import ConfigError
 from nntrain.training.evaluate import Evaluation, evaluate
 from nntrain.nn.losses import build_loss
+from nntrain.tables import format_table
 from nntrain.training.run_folder import LoadedRun
 
 log = logging.getLogger("nntrain")
@@ -61,22 +62,20 @@ class EvalReport:
         return out
 
     def format(self) -> str:
-        ev, names = self.evaluation, self.class_names
-        lines = [f"{self.split} set: {len(ev.labels)} samples   loss {ev.loss:.4f}   accuracy {ev.accuracy:.4f}", ""]
-        width = max(len(n) for n in names)
-        lines.append(f"{'class'.ljust(width)}  accuracy  samples")
-        cm = self.confusion
-        for name, acc, total in zip(names, ev.per_class_accuracy(len(names)), cm.sum(axis=1)):
-            lines.append(f"{name.ljust(width)}  {acc:8.4f}  {total:7d}")
-        lines += ["", "confusion matrix (rows: true class, columns: predicted)"]
-        cw = max(5, len(str(cm.max())) + 1)
-        lines.append(" " * width + "".join(str(i).rjust(cw) for i in range(len(names))))
-        for i, name in enumerate(names):
-            lines.append(name.ljust(width) + "".join(str(v).rjust(cw) for v in cm[i]))
+        """The printed report: totals, per-class accuracy, confusion matrix, robustness tables."""
+        ev, names, cm = self.evaluation, self.class_names, self.confusion
+        k = len(names)
+        per_class = [[name, f"{acc:.4f}", int(total)]
+                     for name, acc, total in zip(names, ev.per_class_accuracy(k), cm.sum(axis=1))]
+        confusion = [[name, *map(int, row)] for name, row in zip(names, cm)]
+        blocks = [f"{self.split} set: {len(ev.labels)} samples   loss {ev.loss:.4f}   accuracy {ev.accuracy:.4f}",
+                  format_table(["class", "accuracy", "samples"], per_class, align="lrr"),
+                  "confusion matrix (rows: true class, columns: predicted)\n"
+                  + format_table([""] + [str(i) for i in range(k)], confusion, align="l" + "r" * k)]
         for kind, rows in self.robustness.items():
-            lines += ["", f"robustness: {kind}", "   level  accuracy"]
-            lines += [f"{lv:8g}  {acc:8.4f}" for lv, acc in rows]
-        return "\n".join(lines)
+            blocks.append(f"robustness: {kind}\n"
+                          + format_table(["level", "accuracy"], [[f"{lv:g}", f"{acc:.4f}"] for lv, acc in rows]))
+        return "\n\n".join(blocks)
 
     def most_confident_mistakes(self, k: int = 32) -> np.ndarray:
         """Indices of misclassified samples, most confident (highest predicted probability) first."""
@@ -87,11 +86,10 @@ class EvalReport:
 
     def save(self, out_dir: Path) -> list[Path]:
         """eval/metrics.json, eval/confusion.csv, plots/confusion.png, plots/misclassified.png (+ robustness)."""
-        from nntrain.training.plots import image_grid, plot_confusion
+        from nntrain.training.plots import plot_confusion, tile_grid
 
         eval_dir, plots_dir = out_dir / "eval", out_dir / "plots"
         eval_dir.mkdir(parents=True, exist_ok=True)
-        plots_dir.mkdir(parents=True, exist_ok=True)
         written = [eval_dir / "metrics.json", eval_dir / "confusion.csv", plots_dir / "confusion.png",
                    plots_dir / "misclassified.png"]
         atomic_write_text(written[0], json.dumps(self.metrics(), indent=2) + "\n")
@@ -106,7 +104,8 @@ class EvalReport:
         ev = self.evaluation
         titles = [f"{self.class_names[ev.labels[i]]}→{self.class_names[ev.predictions[i]]} "
                   f"{ev.probs[i, ev.predictions[i]]:.2f}" for i in idx]
-        image_grid(self.images[idx], titles, written[3])
+        x = self.images[idx].astype(np.float64) / 255.0        # uint8 (n, C, H, W) -> tiles in [0, 1]
+        tile_grid(x[:, 0] if x.shape[1] == 1 else x.transpose(0, 2, 3, 1), titles, written[3])
         if self.robustness:
             from nntrain.training.plots import plot_robustness
 
@@ -115,14 +114,18 @@ class EvalReport:
         return written
 
 
+def run_class_names(run: LoadedRun) -> list[str]:
+    """The class names the run's checkpoint recorded, or "0".."K-1" when it recorded none."""
+    return list(run.ckpt.meta.get("class_names") or [str(i) for i in range(run.model.output_shape[0])])
+
+
 def evaluate_run(run: LoadedRun, split: str = "test", batch_size: int = 256, data_root: str | None = None,
                  perturbations: Sequence[tuple[str, list[float]]] = (), seed: int = 0) -> EvalReport:
     """Evaluate a loaded run on a split, optionally under each perturbation level."""
     images, labels = split_images(run, split, data_root)
     loss = build_loss(run.cfg["loss"])
     ev = evaluate(run.model, loss, images, labels, batch_size, run.mean, run.std)
-    names = list(run.ckpt.meta.get("class_names") or [str(i) for i in range(run.model.output_shape[0])])
-    report = EvalReport(split, names, ev, images)
+    report = EvalReport(split, run_class_names(run), ev, images)
     for kind, levels in perturbations:
         from nntrain.data.perturb import perturbation
 

@@ -44,6 +44,8 @@ def test_train_then_eval_cycle(tmp_path: Path, config_file: Path) -> None:
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert metrics["accuracy"] == pytest.approx(summary["test_acc"])  # eval of best.npz == the run's test figure
     assert f"accuracy {metrics['accuracy']:.4f}" in proc.stdout
+    matrix = proc.stdout.split("confusion matrix")[1].split("\n\n")[0].splitlines()[1:]
+    assert len(matrix) == 11 and len({len(line) for line in matrix}) == 1  # header + 10 rows, columns aligned
     cm = np.loadtxt(run / "eval" / "confusion.csv", delimiter=",", skiprows=1, usecols=range(1, 11), dtype=int)
     assert cm.sum() == metrics["samples"] == 1000
     assert np.trace(cm) / cm.sum() == pytest.approx(metrics["accuracy"])
