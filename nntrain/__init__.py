@@ -1,7 +1,7 @@
 """nntrain: neural networks from scratch in NumPy, trained from YAML configs.
 
-The public names are loaded lazily, so that `nntrain --threads N` can set the BLAS thread count
-before NumPy is first imported.
+The public names are loaded lazily, so that the `nntrain` command can put OpenBLAS's load-time
+settings (OPENBLAS_THREAD_TIMEOUT) into the environment before NumPy is first imported.
 """
 
 from __future__ import annotations

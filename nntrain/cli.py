@@ -25,25 +25,29 @@ Examples:
 """
 
 
-def _set_threads(argv: list[str]) -> None:
-    """Apply `--threads N` to the BLAS/OpenMP pools; must happen before NumPy is first imported.
+def _set_blas_environment() -> None:
+    """Settings OpenBLAS reads only when it loads, so they must be in the environment before NumPy is
+    first imported (which is why `nntrain`'s public names are imported lazily).
 
-    gradcheck defaults to one thread: its float64 products are tiny, and threads only add overhead.
     OpenBLAS's idle threads otherwise spin between matrix products, taking the cores that the model's
     element-wise workers need; a short OPENBLAS_THREAD_TIMEOUT lets them sleep (unless the user set it).
     """
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-    if "gradcheck" in argv and not any(a.startswith("--threads") for a in argv):
-        argv = ["--threads", "1"] + list(argv)
-    for i, arg in enumerate(argv):
-        value = None
-        if arg == "--threads" and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith("--threads="):
-            value = arg.split("=", 1)[1]
-        if value is not None and value.isdigit() and int(value) > 0:
-            for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-                os.environ[var] = value
+
+
+def _set_threads(ctx: click.Context, threads: int | None) -> None:
+    """Apply `--threads N` to the loaded BLAS (and OpenMP) pools at run time, until the command ends
+    (so calling `cli` in-process, as tests do, leaves the process's thread counts as they were).
+
+    gradcheck defaults to one thread: its float64 products are tiny, and threads only add overhead.
+    Without `--threads` the BLAS keeps its own default (all cores, or its environment variables).
+    """
+    if threads is None and ctx.invoked_subcommand == "gradcheck":
+        threads = 1
+    if threads is not None:
+        from nntrain.nn.blas import controller
+
+        ctx.with_resource(controller().limit(limits=threads))
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -106,6 +110,7 @@ def cli(debug: bool, verbose: bool, threads: int | None) -> None:
       nntrain predict runs/mnist-cnn-20261125-101500 digit.png
     """
     _setup_logging(verbose)
+    _set_threads(click.get_current_context(), threads)
 
 
 def _load(config: str, overrides: tuple[str, ...]) -> dict:
@@ -371,7 +376,7 @@ def predict(target: str, images: tuple[str, ...], invert: bool | None, top: int)
 
 
 def main() -> None:
-    _set_threads(sys.argv[1:])
+    _set_blas_environment()
     cli(prog_name="nntrain")
 
 

@@ -1,76 +1,83 @@
-"""The thread count of the BLAS that NumPy loaded, read and set at run time.
+"""The thread count of the BLAS that NumPy loaded, read and set at run time through threadpoolctl.
 
 Why: a convolution's matrix products are tall and narrow (N·OH·OW rows, 32-64 columns). Two BLAS
 threads on one such product gain little, while two workers that each take a few samples, build their
 columns in cache and multiply them on one BLAS thread each scale almost perfectly (cifar-cnn's widest
 conv: forward 32 -> 17 ms on 2 cores, see CHUNK_BYTES in layers/conv.py). So while the Workers pool
-runs such batch-split work, the BLAS is switched to one thread (a call that costs well under a
-microsecond) and switched back afterwards.
+runs such batch-split work, the BLAS is switched to one thread and switched back afterwards (a get and
+two sets cost about 10 µs, against milliseconds of work per region).
 
-Only OpenBLAS (what NumPy's wheels bundle) is controlled, through its C functions found in the
-already-loaded library (as threadpoolctl does, without the dependency). Where none is found (another
-BLAS, a platform without /proc), `find_blas()` returns None and the chunks run one after another in
-the calling thread, each product on the BLAS's own threads.
+threadpoolctl finds the loaded BLAS (OpenBLAS, MKL, BLIS) on Linux, macOS and Windows. Where it finds
+none, `find_blas()` returns None and the chunks run one after another in the calling thread, each
+product on the BLAS's own threads. The setter is the library's process-wide one: OpenBLAS's
+thread-local variant does not act per thread in NumPy's builds.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import os
-from dataclasses import dataclass
+import threading
+from typing import Any
+
+from threadpoolctl import ThreadpoolController
 
 log = logging.getLogger(__name__)
 
-# (set, get) symbol pairs, newest naming first: NumPy's scipy-openblas wheels prefix and suffix them.
-_SYMBOLS = (
-    ("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
-    ("scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"),
-    ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
-    ("openblas_set_num_threads", "openblas_get_num_threads"),
-)
+_lock = threading.Lock()
+_controller: ThreadpoolController | None = None
 
 
-@dataclass(frozen=True)
+def _release(lib: Any) -> None:
+    """Give up this thread's control of a process-wide OpenBLAS pool (a no-op unless it holds it).
+
+    threadpoolctl lets one Python thread at a time set such a pool and keeps it in control until a
+    `with threadpool_limits()` block ends; every set here is a complete change of its own, so control is
+    handed back at once. Otherwise a model trained in another thread than the first setter could never
+    switch the BLAS to one thread (the set would silently do nothing).
+    """
+    release = getattr(type(lib), "clear_controlling_thread", None)
+    if release is not None:
+        release()
+
+
+def controller() -> ThreadpoolController:
+    """The thread pools loaded in this process, scanned once (a scan takes milliseconds)."""
+    global _controller
+    with _lock:
+        if _controller is None:
+            import numpy  # noqa: F401  (NumPy's BLAS must be loaded before the scan)
+
+            _controller = ThreadpoolController()
+        return _controller
+
+
 class Blas:
-    """Setter and getter of one loaded OpenBLAS's thread count."""
+    """Getter and setter of the thread count of the BLAS libraries loaded (usually NumPy's one OpenBLAS)."""
 
-    path: str
-    _set: ctypes._CFuncPtr
-    _get: ctypes._CFuncPtr
+    def __init__(self, libraries: list[Any]):
+        self._libraries = list(libraries)
+
+    @property
+    def paths(self) -> list[str]:
+        return [lib.filepath for lib in self._libraries]
 
     def get_threads(self) -> int:
-        return int(self._get())
+        return max(int(lib.num_threads or 1) for lib in self._libraries)
 
     def set_threads(self, threads: int) -> None:
-        self._set(int(threads))
+        for lib in self._libraries:
+            lib.set_num_threads(int(threads))
+            _release(lib)
 
-
-def _loaded_libraries() -> list[str]:
-    """Paths of the shared libraries mapped into this process whose name mentions openblas (Linux)."""
-    try:
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
-            fields = [line.split(None, 5) for line in f]   # address perms offset dev inode [path]
-        paths = {f[5].strip() for f in fields if len(f) == 6}
-    except OSError:
-        return []
-    return sorted(p for p in paths if "openblas" in os.path.basename(p).lower() and ".so" in p)
+    def __repr__(self) -> str:
+        return f"Blas({', '.join(self.paths)})"
 
 
 def find_blas() -> Blas | None:
-    """The OpenBLAS NumPy uses, or None when it cannot be found or controlled."""
-    import numpy as np  # noqa: F401  (makes sure NumPy's BLAS is loaded before looking for it)
+    """The BLAS NumPy uses, or None when threadpoolctl finds no controllable one."""
+    libraries = controller().select(user_api="blas").lib_controllers
+    if not libraries:
+        log.debug("no controllable BLAS found; batch-split products keep BLAS threads")
+        return None
+    return Blas(libraries)
 
-    for path in _loaded_libraries():
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for set_name, get_name in _SYMBOLS:
-            setter, getter = getattr(lib, set_name, None), getattr(lib, get_name, None)
-            if setter is not None and getter is not None:
-                setter.argtypes, setter.restype = [ctypes.c_int], None
-                getter.argtypes, getter.restype = [], ctypes.c_int
-                return Blas(path, setter, getter)
-    log.debug("no controllable OpenBLAS found; batch-split products keep BLAS threads")
-    return None

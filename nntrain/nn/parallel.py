@@ -5,7 +5,7 @@ while the matrix products use every BLAS thread. `Workers` closes that gap: `wor
 calls `fn(slice)` on contiguous pieces of `range(n)` (the batch axis) at once, one piece in the
 calling thread and the others in the pool; NumPy releases the GIL inside its loops, so the pieces
 run in parallel. Each sample's values are computed by the same operations whatever the number of
-pieces, so results are bit-identical for any thread count (tests/test_layers.py checks it).
+pieces, so results are bit-identical for any thread count (tests/nn/test_layers.py checks it).
 
 `workers.chunks(fn, n, per)` runs work that includes matrix products (convolution) the same way, over
 fixed pieces of `per` samples, with NumPy's BLAS switched to one thread meanwhile (nntrain.nn.blas): each
@@ -32,12 +32,11 @@ MIN_ITEMS_PER_PIECE = 1 << 17
 
 
 def blas_threads() -> int:
-    """The thread count NumPy's BLAS was started with: OPENBLAS_NUM_THREADS / OMP_NUM_THREADS /
-    MKL_NUM_THREADS (what `nntrain --threads N` sets), else the usable cores (OpenBLAS's default)."""
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        value = os.environ.get(var, "").strip()
-        if value.isdigit() and int(value) > 0:
-            return int(value)
+    """The thread count NumPy's BLAS runs with now (what `nntrain --threads N` or the BLAS's own
+    environment variables set), else the usable cores where no BLAS can be queried."""
+    blas = find_blas()
+    if blas is not None:
+        return blas.get_threads()
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):

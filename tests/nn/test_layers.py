@@ -747,18 +747,54 @@ class _FakeBlas:
 
 
 def test_numpy_blas_thread_count_is_found_and_settable():
-    """nntrain.nn.blas finds the OpenBLAS that NumPy wheels bundle (skipped for another BLAS)."""
+    """nntrain.nn.blas finds NumPy's BLAS through threadpoolctl and sets it from any thread (not only the
+    first one that set it); Workers.chunks runs its pieces on one BLAS thread and restores the count."""
+    import threading
     from nntrain.nn.blas import find_blas
+    from nntrain.nn.parallel import Workers
     blas = find_blas()
     if blas is None:
-        pytest.skip("NumPy's BLAS is not a controllable OpenBLAS here")
+        pytest.skip("NumPy's BLAS is not controllable through threadpoolctl here")
     before = blas.get_threads()
+    w = Workers(2)
     try:
         blas.set_threads(1)
         assert blas.get_threads() == 1
+        other = threading.Thread(target=blas.set_threads, args=(2,))
+        other.start()
+        other.join()
+        if blas.get_threads() != 2:
+            pytest.skip("this BLAS runs on one thread at most")
+        seen = []
+        w.chunks(lambda s, slot: seen.append(blas.get_threads()), 10, 2)
+        assert seen == [1] * 5 and blas.get_threads() == 2
     finally:
+        w.close()
         blas.set_threads(before)
     assert blas.get_threads() == before
+
+
+def test_threads_option_sets_the_blas_for_the_command_only(monkeypatch):
+    """`nntrain --threads N` sets the loaded BLAS at run time (gradcheck defaults to 1) and the count
+    is restored when the command ends."""
+    from click.testing import CliRunner
+    import nntrain.cli
+    import nntrain.tools.gradcheck
+    from nntrain.nn.blas import find_blas
+    blas = find_blas()
+    if blas is None or blas.get_threads() < 2:
+        pytest.skip("NumPy's BLAS is not controllable through threadpoolctl here, or has one thread")
+    seen = []
+    monkeypatch.setattr(nntrain.cli, "_load", lambda config, overrides: {})
+    monkeypatch.setattr(nntrain.tools.gradcheck, "gradcheck_config",
+                        lambda cfg, **kwargs: seen.append(blas.get_threads()) or [])
+    before = blas.get_threads()
+    runner = CliRunner()
+    for args in (["gradcheck", "c.yaml"], ["--threads", "2", "gradcheck", "c.yaml"]):
+        result = runner.invoke(nntrain.cli.cli, args)
+        assert result.exit_code == 0, result.output
+        assert blas.get_threads() == before
+    assert seen == [1, 2]
 
 
 @pytest.mark.parametrize("kind, var", [("he_normal", lambda fi, fo: 2 / fi), ("he_uniform", lambda fi, fo: 2 / fi),
