@@ -18,6 +18,13 @@ def log_softmax(z: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, exp(z - max) / Σ exp(z - max): the class probabilities of logits (N, K), stable
+    for large |z| (the max is subtracted first, so nothing overflows)."""
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
 class SoftmaxCrossEntropy:
     r"""Mean cross-entropy over the batch.
 
