@@ -17,7 +17,9 @@ from typing import Sequence
 import numpy as np
 
 from nntrain.errors import DataError
-from nntrain.nn.losses import log_softmax
+from nntrain.tables import format_table
+from nntrain.tools.report import run_class_names
+from nntrain.training.evaluate import class_probabilities
 from nntrain.training.run_folder import LoadedRun
 
 # Datasets whose images are light strokes on a dark background.
@@ -102,7 +104,7 @@ def predict_files(run: LoadedRun, paths: Sequence[str | Path], invert: bool | No
     from nntrain.data import iterate_batches
 
     shape = run.model.input_shape
-    names = list(run.ckpt.meta.get("class_names") or [str(i) for i in range(run.model.output_shape[0])])
+    names = run_class_names(run)
     mnist_like = run.cfg["data"]["dataset"] in WHITE_ON_BLACK
     images, flags = [], []
     for path in paths:
@@ -118,12 +120,7 @@ def predict_files(run: LoadedRun, paths: Sequence[str | Path], invert: bool | No
     for x, _ in iterate_batches(batch, np.zeros(len(batch), np.int64), 256, mean=run.mean, std=run.std,
                                 dtype=run.model.dtype):
         z = run.model.forward(x, train=False).astype(np.float64)
-        if run.cfg["loss"].get("softmax", True):
-            p = np.exp(log_softmax(z))
-        else:  # the model ends in its own softmax: its outputs are probabilities already
-            p = np.maximum(z, 0.0)
-            p /= np.maximum(p.sum(axis=1, keepdims=True), 1e-12)
-        probs[start:start + len(x)] = p
+        probs[start:start + len(x)] = class_probabilities(z, logits=run.cfg["loss"].get("softmax", True))
         start += len(x)
     k = min(top, probs.shape[1])
     out = []
@@ -135,10 +132,9 @@ def predict_files(run: LoadedRun, paths: Sequence[str | Path], invert: bool | No
 
 def format_predictions(preds: Sequence[Prediction]) -> str:
     """One block per file: its name (and whether it was inverted), then rank, class and probability."""
-    lines = []
+    blocks = []
     for pred in preds:
-        lines.append(f"{pred.path}" + ("  (inverted: dark on light)" if pred.inverted else ""))
-        width = max(len(name) for name, _ in pred.top)
-        for rank, (name, p) in enumerate(pred.top, 1):
-            lines.append(f"  {rank}. {name.ljust(width)}  {p:.4f}")
-    return "\n".join(lines)
+        rows = [[f"{rank}.", name, f"{p:.4f}"] for rank, (name, p) in enumerate(pred.top, 1)]
+        blocks.append(f"{pred.path}" + ("  (inverted: dark on light)" if pred.inverted else "") + "\n"
+                      + format_table(None, rows, align="rlr", indent="  "))
+    return "\n".join(blocks)

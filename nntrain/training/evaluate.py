@@ -7,13 +7,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from nntrain.data import iterate_batches
-from nntrain.nn.losses import SoftmaxCrossEntropy
+from nntrain.nn.losses import SoftmaxCrossEntropy, softmax
 from nntrain.nn.model import Model
 
 
 @dataclass
 class Evaluation:
-    """Results on one split. probs: (N, K) softmax outputs; predictions: (N,) argmax."""
+    """Results on one split. probs: (N, K) class probabilities (`class_probabilities`); predictions: (N,) argmax."""
 
     loss: float
     accuracy: float
@@ -33,6 +33,16 @@ class Evaluation:
         return np.divide(np.diag(cm), totals, out=np.full(num_classes, np.nan), where=totals > 0)
 
 
+def class_probabilities(z: np.ndarray, logits: bool = True) -> np.ndarray:
+    """A model's outputs (N, K) as class probabilities, the same for evaluation and prediction: the softmax
+    of logits, or for a model ending in its own softmax (`loss.softmax: false`) its outputs clipped at 0
+    and renormalised, so each row sums to 1 either way."""
+    if logits:
+        return softmax(z)
+    p = np.maximum(z, 0.0)
+    return p / np.maximum(p.sum(axis=1, keepdims=True), 1e-12)
+
+
 def evaluate(model: Model, loss: SoftmaxCrossEntropy, images: np.ndarray, labels: np.ndarray, batch_size: int,
              mean: np.ndarray | None, std: np.ndarray | None, transform=None) -> Evaluation:
     """Run the model in eval mode over uint8 `images` (N, C, H, W); `transform` (on [0,1] floats) perturbs inputs."""
@@ -44,7 +54,7 @@ def evaluate(model: Model, loss: SoftmaxCrossEntropy, images: np.ndarray, labels
                                 dtype=model.dtype):
         z = model.forward(x, train=False)
         total += loss.forward(z, y) * len(y)
-        probs[start:start + len(y)] = loss.probabilities()
+        probs[start:start + len(y)] = class_probabilities(z, loss.softmax)
         start += len(y)
     preds = probs.argmax(axis=1) if n else np.zeros(0, dtype=np.int64)
     acc = float((preds == labels).mean()) if n else float("nan")

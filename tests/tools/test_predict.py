@@ -11,7 +11,9 @@ from PIL import Image
 
 from conftest import run_cli, tiny_config, write_config
 from nntrain.errors import DataError
-from nntrain.tools.predict import border_mean, predict_files, read_image, to_model_input
+from nntrain.nn.losses import softmax
+from nntrain.tools.predict import border_mean, format_predictions, predict_files, read_image, to_model_input
+from nntrain.training.evaluate import class_probabilities
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +70,18 @@ def test_top_is_clamped_to_the_number_of_classes(trained):
     _, run, digits, _, tmp = trained
     (pred,) = predict_files(run, [write_png(tmp / "all.png", digits[1, 0])], top=50)
     assert len(pred.top) == 10 and sum(p for _, p in pred.top) == pytest.approx(1.0, abs=1e-5)
+    lines = format_predictions([pred]).splitlines()[1:]          # ranks 1..10 keep their columns aligned
+    assert [line.split()[0] for line in lines] == [f"{r}." for r in range(1, 11)]
+    assert lines[0].startswith("   1. ") and lines[9].startswith("  10. ") and len({len(x) for x in lines}) == 1
+
+
+def test_one_softmax_for_evaluation_and_prediction():
+    z = np.array([[1000.0, 0.0, -1000.0], [1.0, 2.0, 3.0]])
+    p = softmax(z)
+    assert np.isfinite(p).all() and p[0, 0] == 1.0                  # no overflow for huge logits
+    np.testing.assert_allclose(p[1], np.exp([1.0, 2.0, 3.0]) / np.exp([1.0, 2.0, 3.0]).sum(), rtol=1e-12)
+    np.testing.assert_array_equal(class_probabilities(z), p)
+    np.testing.assert_allclose(class_probabilities(np.array([[0.2, 0.6, -0.1]]), logits=False), [[0.25, 0.75, 0.0]])
 
 
 def test_conversion_grey_rgb_size_padding_and_transparency(tmp_path):
