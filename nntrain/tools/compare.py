@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 from nntrain.atomic import atomic_write_text, create_unique_dir
 from nntrain.errors import NNTrainError
+from nntrain.tables import column_alignment, format_table
 
 MISSING = "—"
 
@@ -230,12 +231,9 @@ class Comparison:
     rows: list[list[str]]
 
     def markdown(self) -> str:
-        cells = [self.columns] + self.rows
-        widths = [max(len(r[i]) for r in cells) for i in range(len(self.columns))]
-        esc = [[c.replace("|", "\\|") for c in r] for r in cells]
-        line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
-        return "\n".join([line(esc[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-                         + [line(r) for r in esc[1:]])
+        """The table as markdown: run names left, numbers right-aligned."""
+        align = "l" + column_alignment([r[1:] for r in self.rows])
+        return format_table(self.columns, self.rows, align, markdown=True)
 
 
 def compare_runs(folders: Sequence[str | Path]) -> Comparison:

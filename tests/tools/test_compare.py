@@ -68,8 +68,10 @@ def test_cli_prints_and_saves_markdown_and_curves(two_runs, tmp_path):
     md = (out[0] / "compare.md").read_text()
     table = proc.stdout.strip()
     assert table in md and table == compare_runs([a, b]).markdown()
-    header = table.splitlines()[0]
+    header, rule = table.splitlines()[:2]
     assert "optimizer.lr" in header
+    assert [c.endswith(":") for c in rule.strip("|").split("|")] == [False] + [True] * 7   # numbers right-aligned
+    assert len({len(line) for line in table.splitlines()}) == 1
     for unchanged in ("seed", "train.epochs", "optimizer.momentum", "model", "data.", "loss.", "name"):
         assert unchanged not in header
     assert png_size(out[0] / "compare.png") == (1300, 500)
