@@ -1,22 +1,21 @@
-"""CIFAR-10: readers for the official binary and Python layouts, and download of the binary archive.
+"""CIFAR-10: the reader for the official binary layout, and download of the binary archive.
 
 Binary layout (`cifar-10-batches-bin/`): data_batch_1..5.bin and test_batch.bin, each 10000 records of
 1 label byte + 3072 pixel bytes (the red plane, then green, then blue, each 32x32 row-major), so a
-record's pixels reshape directly to (3, 32, 32). Python layout (`cifar-10-batches-py/`): pickled dicts
-{"data": uint8 (10000, 3072), "labels": [int]}, read with nntrain's safe pickle interpreter so a
-hostile file cannot run code.
+record's pixels reshape directly to (3, 32, 32). The Python layout (`cifar-10-batches-py/`) holds the
+same images as pickles; nntrain never unpickles, so a folder holding only that layout is refused with
+a message saying how to get the binary one.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from nntrain.data.archive import safe_extract
-from nntrain.data.safe_unpickle import safe_load
 from nntrain.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -27,7 +26,9 @@ CIFAR10_URLS: tuple[str, ...] = ("https://www.cs.toronto.edu/~kriz/cifar-10-bina
 CIFAR10_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
 ARCHIVE_NAME = "cifar-10-binary.tar.gz"
 BIN_DIR = "cifar-10-batches-bin"
+# The Python layout and its archive: only recognised, to explain why they are not read.
 PY_DIR = "cifar-10-batches-py"
+PY_ARCHIVE_NAME = "cifar-10-python.tar.gz"
 TRAIN_BATCHES: tuple[str, ...] = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 RECORDS_PER_BATCH = 10000
@@ -77,69 +78,33 @@ def read_cifar_bin(path: str | Path, expected_records: int | None = None) -> Spl
     return images, labels
 
 
-def _get(d: dict, key: str) -> Any:
-    """Look a key up as text or as bytes (pickles written with encoding='bytes' conventions)."""
-    if key in d:
-        return d[key]
-    return d.get(key.encode("ascii"))
-
-
-def read_cifar_pickle(path: str | Path, expected_records: int | None = None) -> Split:
-    """One Python-layout batch -> (images uint8 (N, 3, 32, 32), labels int64 (N,)), read safely."""
-    path = Path(path)
-    obj = safe_load(path)
-    if not isinstance(obj, dict):
-        raise DataError(f"{path}: expected a pickled dict with 'data' and 'labels', got {type(obj).__name__}")
-    data, labels = _get(obj, "data"), _get(obj, "labels")
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != PIXELS:
-        what = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise DataError(f"{path}: 'data' must be a uint8 array of shape (N, {PIXELS}), got {what}")
-    if isinstance(labels, np.ndarray) and labels.ndim == 1 and labels.dtype.kind in "iu":
-        lab = labels.astype(np.int64)
-    elif isinstance(labels, list) and all(type(v) is int for v in labels):
-        lab = np.asarray(labels, dtype=np.int64) if labels else np.zeros(0, np.int64)
-    else:
-        raise DataError(f"{path}: 'labels' must be a list of integers, got {type(labels).__name__}")
-    if len(lab) != len(data):
-        raise DataError(f"{path}: {len(lab)} labels for {len(data)} images")
-    _check_count(len(data), expected_records, path)
-    _check_labels(lab, path)
-    return np.ascontiguousarray(data).reshape(-1, *IMAGE_SHAPE), lab
-
-
 def read_class_names(folder: str | Path) -> list[str]:
-    """Class names from `batches.meta.txt` (binary layout) or `batches.meta` (Python layout) in
-    `folder`, else the standard CIFAR-10 names."""
-    folder = Path(folder)
-    txt, meta = folder / "batches.meta.txt", folder / "batches.meta"
-    if txt.is_file():
-        try:
-            names = [ln.strip() for ln in txt.read_text(encoding="utf-8", errors="replace").splitlines()]
-        except OSError as e:
-            raise DataError(f"{txt}: cannot read ({e.strerror or e})") from e
-        names = [n for n in names if n]
-    elif meta.is_file():
-        obj = safe_load(meta)
-        names = _get(obj, "label_names") if isinstance(obj, dict) else None
-        if not isinstance(names, list) or not all(isinstance(n, (str, bytes)) for n in names):
-            raise DataError(f"{meta}: expected a dict with 'label_names', a list of {NUM_CLASSES} strings")
-        names = [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
-    else:
+    """Class names from `batches.meta.txt` in `folder` (binary layout), else the standard CIFAR-10 names."""
+    txt = Path(folder) / "batches.meta.txt"
+    if not txt.is_file():
         return list(CIFAR10_CLASSES)
+    try:
+        names = [ln.strip() for ln in txt.read_text(encoding="utf-8", errors="replace").splitlines()]
+    except OSError as e:
+        raise DataError(f"{txt}: cannot read ({e.strerror or e})") from e
+    names = [n for n in names if n]
     if len(names) != NUM_CLASSES:
-        raise DataError(f"{txt if txt.is_file() else meta}: lists {len(names)} class names, "
-                        f"expected {NUM_CLASSES} (one per line)")
+        raise DataError(f"{txt}: lists {len(names)} class names, expected {NUM_CLASSES} (one per line)")
     return names
 
 
-def _missing(folder: Path, suffix: str) -> list[str]:
-    return [n + suffix for n in (*TRAIN_BATCHES, TEST_BATCH) if not (folder / (n + suffix)).is_file()]
+def _missing(folder: Path) -> list[str]:
+    return [n + ".bin" for n in (*TRAIN_BATCHES, TEST_BATCH) if not (folder / (n + ".bin")).is_file()]
 
 
-def _load_layout(folder: Path, suffix: str, records: int | None) -> tuple[np.ndarray, ...]:
-    reader = read_cifar_bin if suffix == ".bin" else read_cifar_pickle
-    train = [reader(folder / (n + suffix), records) for n in TRAIN_BATCHES]
-    test_images, test_labels = reader(folder / (TEST_BATCH + suffix), records)
+def _python_layout(root: Path) -> list[Path]:
+    """The Python-layout folder or archive found under `root` (never opened)."""
+    return [p for p in (root / PY_DIR, root / PY_ARCHIVE_NAME) if p.exists()]
+
+
+def _load_bin(folder: Path, records: int | None) -> tuple[np.ndarray, ...]:
+    train = [read_cifar_bin(folder / (n + ".bin"), records) for n in TRAIN_BATCHES]
+    test_images, test_labels = read_cifar_bin(folder / (TEST_BATCH + ".bin"), records)
     train_images = np.concatenate([t[0] for t in train])
     train_labels = np.concatenate([t[1] for t in train])
     log.info("read CIFAR-10 from %s: %d train, %d test images", folder, len(train_labels), len(test_labels))
@@ -171,35 +136,37 @@ def load_cifar10(root: str | Path, download: bool = False, progress: bool = True
     """CIFAR-10 from `root` -> (train_images uint8 (50000, 3, 32, 32), train_labels int64 (50000,),
     test_images uint8 (10000, 3, 32, 32), test_labels int64 (10000,)).
 
-    Reads `<root>/cifar-10-batches-bin` if complete, else `<root>/cifar-10-batches-py`; if neither is
-    complete and `download` is true, fetches and extracts the official binary archive. Every batch must
-    hold `records_per_batch` images (None: any positive number, for small test copies); `mirrors`
-    are base URLs tried instead of the official one.
+    Reads `<root>/cifar-10-batches-bin`; if it is incomplete and `download` is true, fetches and
+    extracts the official binary archive. The Python layout is never read (see the module docstring).
+    Every batch must hold `records_per_batch` images (None: any positive number, for small test
+    copies); `mirrors` are base URLs tried instead of the official one.
     """
     root = Path(root)
-    bin_dir, py_dir = root / BIN_DIR, root / PY_DIR
-    missing_bin = _missing(bin_dir, ".bin")
-    if not missing_bin:
-        return _load_layout(bin_dir, ".bin", records_per_batch)
-    missing_py = _missing(py_dir, "")
-    if not missing_py:
-        return _load_layout(py_dir, "", records_per_batch)
+    bin_dir = root / BIN_DIR
+    missing = _missing(bin_dir)
+    if not missing:
+        return _load_bin(bin_dir, records_per_batch)
+    python_layout = _python_layout(root)
     if download:
+        if python_layout:
+            log.info("%s holds CIFAR-10's Python layout, which nntrain does not read; fetching the binary one",
+                     root)
         log.info("CIFAR-10 not found under %s; downloading %s", root, CIFAR10_URLS[0])
         download_cifar10(root, progress, mirrors)
-        return _load_layout(bin_dir, ".bin", records_per_batch)
+        return _load_bin(bin_dir, records_per_batch)
+    how = (f"set data.download: true to have nntrain fetch and extract it, or extract the official "
+           f"{ARCHIVE_NAME} ({CIFAR10_URLS[0]}) into {root}")
+    if python_layout:
+        raise DataError(f"{python_layout[0]} is CIFAR-10's Python layout, which nntrain does not read (its "
+                        f"batches are pickles, and nntrain never unpickles files). nntrain reads the binary "
+                        f"layout, {bin_dir} with data_batch_1..5.bin and test_batch.bin, from the "
+                        f"{ARCHIVE_NAME} archive: {how}")
     raise DataError(f"CIFAR-10 not found under {root}: expected {bin_dir} with data_batch_1..5.bin and "
-                    f"test_batch.bin (missing: {', '.join(missing_bin)}) or {py_dir} with the official "
-                    f"Python batches (missing: {', '.join(missing_py)}); allow downloading, or put the "
-                    "official files there")
+                    f"test_batch.bin (missing: {', '.join(missing)}); {how}")
 
 
 def cifar10_class_names(root: str | Path | None = None) -> list[str]:
-    """Class names for the copy under `root` (its batches.meta[.txt]) or the standard ones."""
+    """Class names for the copy under `root` (its batches.meta.txt) or the standard ones."""
     if root is None:
         return list(CIFAR10_CLASSES)
-    root = Path(root)
-    for folder in (root / BIN_DIR, root / PY_DIR):
-        if folder.is_dir():
-            return read_class_names(folder)
-    return list(CIFAR10_CLASSES)
+    return read_class_names(Path(root) / BIN_DIR)

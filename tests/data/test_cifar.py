@@ -1,12 +1,12 @@
-"""CIFAR-10 readers (binary and Python layouts), the safe pickle interpreter, safe tar extraction and
-the download path, on small fixture files written here (and on the real converted copy when present)."""
+"""The CIFAR-10 binary reader, the refusal of the Python layout (pickles, never opened), safe tar
+extraction and the download path, on small fixture files written here (and on the real converted copy
+when present)."""
 
 from __future__ import annotations
 
 import io
 import os
 import pickle
-import struct
 import subprocess
 import sys
 import tarfile
@@ -15,14 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from nntrain.data import cifar
 from nntrain.data.archive import safe_extract
-from nntrain.data.cifar import (BIN_DIR, CIFAR10_CLASSES, CIFAR10_MD5, PY_DIR, cifar10_class_names, load_cifar10,
-                                read_cifar_bin, read_cifar_pickle, read_class_names)
-from nntrain.data.safe_unpickle import safe_load, safe_loads
+from nntrain.data.cifar import (ARCHIVE_NAME, BIN_DIR, CIFAR10_CLASSES, CIFAR10_MD5, PY_ARCHIVE_NAME, PY_DIR,
+                                cifar10_class_names, load_cifar10, read_cifar_bin, read_class_names)
 from nntrain.errors import DataError
 
 BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
@@ -45,36 +42,6 @@ def write_bin(root: Path, batches: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name, (x, y) in batches.items():
         (folder / f"{name}.bin").write_bytes(bin_bytes(x, y))
-    return folder
-
-
-def py3_pickle(x: np.ndarray, y: np.ndarray, protocol: int) -> bytes:
-    return pickle.dumps({"batch_label": "training batch", "labels": [int(v) for v in y],
-                         "data": x.reshape(len(x), -1), "filenames": [f"img_{i}.png" for i in range(len(x))]},
-                        protocol=protocol)
-
-
-def py2_pickle(x: np.ndarray, y: np.ndarray) -> bytes:
-    """A pickle as Python 2's cPickle (protocol 2) wrote the official CIFAR-10 batches: str as
-    SHORT_BINSTRING/BINSTRING, the array via numpy.core.multiarray._reconstruct + BUILD."""
-    def pstr(s: bytes) -> bytes:
-        return (b"U" + bytes([len(s)]) + s) if len(s) < 256 else (b"T" + struct.pack("<i", len(s)) + s)
-
-    out = [b"\x80\x02}q\x01(", pstr(b"data"),
-           b"cnumpy.core.multiarray\n_reconstruct\nq\x02cnumpy\nndarray\nq\x03K\x00\x85", pstr(b"b"),
-           b"\x87Rq\x04(K\x01K", bytes([len(x)]), b"M\x00\x0c\x86cnumpy\ndtype\nq\x05", pstr(b"u1"),
-           b"K\x00K\x01\x87Rq\x06(K\x03", pstr(b"|"), b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89",
-           pstr(x.reshape(len(x), -1).tobytes()), b"tb", pstr(b"labels"), b"]q\x07("]
-    out += [b"K" + bytes([int(v)]) for v in y]
-    out += [b"e", pstr(b"batch_label"), pstr(b"training batch 1 of 5"), b"u."]
-    return b"".join(out)
-
-
-def write_py(root: Path, batches: dict, writer) -> Path:
-    folder = root / PY_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, (x, y) in batches.items():
-        (folder / name).write_bytes(writer(x, y))
     return folder
 
 
@@ -147,7 +114,8 @@ def test_missing_files_without_download_say_what_is_expected(tmp_path):
     with pytest.raises(DataError) as e:
         load_cifar10(tmp_path, download=False, progress=False, records_per_batch=2)
     msg = str(e.value)
-    assert "missing: data_batch_4.bin" in msg and BIN_DIR in msg and PY_DIR in msg
+    assert "missing: data_batch_4.bin" in msg and BIN_DIR in msg and PY_DIR not in msg
+    assert ARCHIVE_NAME in msg and "data.download: true" in msg
 
 
 def test_class_names_from_meta_txt_or_defaults(tmp_path):
@@ -161,79 +129,7 @@ def test_class_names_from_meta_txt_or_defaults(tmp_path):
         read_class_names(folder)
 
 
-# --- Python layout ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("protocol", [2, 4, 5])
-def test_python_layout_written_by_python3(tmp_path, protocol):
-    batches = make_batches(3, seed=protocol)
-    write_py(tmp_path, batches, lambda x, y: py3_pickle(x, y, protocol))
-    assert_loaded(load_cifar10(tmp_path, False, False, records_per_batch=3), batches)
-
-
-def test_python_layout_written_by_python2(tmp_path):
-    batches = make_batches(4, seed=7)
-    folder = write_py(tmp_path, batches, py2_pickle)
-    assert_loaded(load_cifar10(tmp_path, False, False, records_per_batch=4), batches)
-    raw = safe_load(folder / "data_batch_1")                         # Python-2 str come back as str
-    assert raw["batch_label"] == "training batch 1 of 5" and set(raw) == {"data", "labels", "batch_label"}
-
-
-def test_python_layout_meta_gives_class_names(tmp_path):
-    folder = write_py(tmp_path, make_batches(1), lambda x, y: py3_pickle(x, y, 2))
-    names = [f"k{i}" for i in range(10)]
-    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names, "num_vis": 3072}, protocol=2))
-    assert cifar10_class_names(tmp_path) == names
-
-
-def test_binary_layout_preferred_over_python_layout(tmp_path):
-    bin_batches, py_batches = make_batches(2, seed=1), make_batches(2, seed=2)
-    write_bin(tmp_path, bin_batches)
-    write_py(tmp_path, py_batches, lambda x, y: py3_pickle(x, y, 4))
-    assert_loaded(load_cifar10(tmp_path, False, False, records_per_batch=2), bin_batches)
-
-
-@pytest.mark.parametrize("obj, message", [
-    ([1, 2], "expected a pickled dict"),
-    ({"labels": [1]}, "'data' must be a uint8 array"),
-    ({"data": np.zeros((1, 3072), np.float32), "labels": [1]}, "'data' must be a uint8 array"),
-    ({"data": np.zeros((1, 3000), np.uint8), "labels": [1]}, r"shape \(N, 3072\)"),
-    ({"data": np.zeros((2, 3072), np.uint8), "labels": [1]}, "1 labels for 2 images"),
-    ({"data": np.zeros((1, 3072), np.uint8), "labels": ["cat"]}, "'labels' must be a list of integers"),
-    ({"data": np.zeros((1, 3072), np.uint8), "labels": [12]}, "record 0 has label 12"),
-])
-def test_python_layout_bad_contents(tmp_path, obj, message):
-    path = tmp_path / "data_batch_1"
-    path.write_bytes(pickle.dumps(obj, protocol=2))
-    with pytest.raises(DataError, match=message) as e:
-        read_cifar_pickle(path)
-    assert str(path) in str(e.value)
-
-
-# --- the safe pickle interpreter ---------------------------------------------------------------------
-plain = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False)
-    | st.text(max_size=20) | st.binary(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner)
-    | st.dictionaries(st.text(max_size=5) | st.integers(), inner, max_size=4),
-    max_leaves=20)
-
-
-@settings(max_examples=60, deadline=None)
-@given(obj=plain, protocol=st.integers(1, 5))
-def test_plain_data_round_trips_through_every_protocol(obj, protocol):
-    assert safe_loads(pickle.dumps(obj, protocol=protocol)) == obj
-
-
-@pytest.mark.parametrize("protocol", [1, 2, 3, 4, 5])
-@pytest.mark.parametrize("array", [
-    np.arange(12, dtype=np.uint8).reshape(3, 4), np.arange(6, dtype=">f4").reshape(2, 3),
-    np.asfortranarray(np.arange(6.0).reshape(2, 3)), np.array([True, False]), np.array(3, dtype=np.int64),
-    np.zeros((0, 5), np.int16), np.array([1 + 2j], np.complex64)], ids=lambda a: f"{a.dtype}{a.shape}")
-def test_numeric_arrays_round_trip(array, protocol):
-    got = safe_loads(pickle.dumps({"a": array, "again": [array]}, protocol=protocol))["a"]
-    assert got.dtype == array.dtype and got.shape == array.shape and got.flags.writeable
-    np.testing.assert_array_equal(got, array)
-
-
+# --- the Python layout: refused, never opened --------------------------------------------------------
 class _Hostile:
     """Pickles as a call of `func(*args)`: what a malicious file does."""
 
@@ -244,62 +140,57 @@ class _Hostile:
         return self.func, self.args
 
 
-def test_hostile_pickles_are_refused_without_running_anything(tmp_path):
-    marker = tmp_path / "still-here"
-    marker.write_text("x")
-    attacks = {
-        "os.remove": pickle.dumps({"data": _Hostile(os.remove, str(marker))}, protocol=2),
-        "os.remove p4": pickle.dumps([_Hostile(os.remove, str(marker))], protocol=4),
-        "os.system text GLOBAL": b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00trueR.",
-        "eval via STACK_GLOBAL": pickle.dumps(_Hostile(eval, "1+1"), protocol=4),
-        "getattr": pickle.dumps(_Hostile(getattr, 1, "real"), protocol=2),
-        "object array": pickle.dumps(np.array([1, "x"], dtype=object), protocol=2),
-        "structured dtype": pickle.dumps(np.zeros(2, dtype=[("a", "<i4"), ("b", "<f8")]), protocol=2),
-        "string array": pickle.dumps(np.array(["ab", "c"]), protocol=2),
-    }
-    for name, data in attacks.items():
-        with pytest.raises(DataError, match="not a plain-data pickle") as e:
-            safe_loads(data, "evil.pkl")
-        assert "evil.pkl" in str(e.value), name
+def write_python_layout(root: Path, marker: Path) -> Path:
+    """A complete cifar-10-batches-py/ whose every file deletes `marker` if anything unpickles it."""
+    folder = root / PY_DIR
+    folder.mkdir(parents=True)
+    for name in [*BATCHES, "batches.meta"]:
+        (folder / name).write_bytes(pickle.dumps({"data": _Hostile(os.remove, str(marker)), "labels": [0]},
+                                                 protocol=2))
+    return folder
+
+
+@pytest.fixture
+def marker(tmp_path) -> Path:
+    path = tmp_path / "still-here"
+    path.write_text("x")
+    return path
+
+
+@pytest.mark.parametrize("layout", ["folder", "archive"])
+def test_python_layout_is_refused_with_how_to_get_the_binary_one(tmp_path, marker, layout):
+    root = tmp_path / "cifar10"
+    if layout == "folder":
+        found = write_python_layout(root, marker)
+    else:
+        root.mkdir()
+        found = root / PY_ARCHIVE_NAME
+        found.write_bytes(pickle.dumps(_Hostile(os.remove, str(marker))))
+    with pytest.raises(DataError) as e:
+        load_cifar10(root, download=False, progress=False, records_per_batch=None)
+    msg = str(e.value)
+    assert str(found) in msg and "Python layout" in msg and "does not read" in msg
+    assert str(root / BIN_DIR) in msg and ARCHIVE_NAME in msg and "data.download: true" in msg
+    assert cifar10_class_names(root) == list(CIFAR10_CLASSES)     # its batches.meta is not read either
     assert marker.exists()
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"\x80\x02]q\x00(K\x01K\x02R.", "REDUCE"),                                  # REDUCE on a list
-    (b"\x80\x02cnumpy\ndtype\nq\x00X\x02\x00\x00\x00O8\x85R.", "refused dtype 'O8'"),
-    (b"\x80\x02cnumpy\ndtype\n.", "left-over"),                                  # a bare callable
-    (b"\x80\x02}(K\x01K\x02u)b.", "BUILD on dict"),                              # BUILD on a dict
-    (b"\x80\x02\x81.", "unsupported opcode"),                                   # NEWOBJ
-    (b"(i__main__\nX\n.", "unsupported opcode"),                                 # INST
-    (b"\x80\x02h\x05.", "memo key 5"),
-    (b"\x80\x02T\xff\xff\xff\x7f", "truncated"),                                 # claims 2 GB of string
-    (b"\x80\x02K\x01K\x02.", "malformed stack"),
-    (b"\x80\x02K\x01", "truncated"),                                             # no STOP
-    (b"\x80\x02]q\x00h\x00a.", None),                                            # a self-containing list is fine
-])
-def test_malformed_pickles(data, message):
-    if message is None:
-        lst = safe_loads(data)
-        assert lst[0] is lst
-        return
-    with pytest.raises(DataError, match=message):
-        safe_loads(data)
+def test_binary_layout_read_beside_a_python_layout(tmp_path, marker):
+    batches = make_batches(2, seed=1)
+    write_bin(tmp_path, batches)
+    write_python_layout(tmp_path, marker)
+    assert_loaded(load_cifar10(tmp_path, False, False, records_per_batch=2), batches)
+    assert marker.exists()
 
 
-def test_array_with_wrong_byte_count_is_refused():
-    good = pickle.dumps(np.arange(4, dtype=np.uint8), protocol=2)      # raw bytes as a 4-char latin-1 str
-    bad = good.replace(b"X\x04\x00\x00\x00\x00\x01\x02\x03", b"X\x03\x00\x00\x00\x00\x01\x02")
-    assert bad != good
-    with pytest.raises(DataError, match="needs 4 bytes, has 3"):
-        safe_loads(bad)
+def test_python_layout_with_download_fetches_the_binary_one(tmp_path, marker, monkeypatch):
+    import nntrain.data.download as dl
 
-
-def test_safe_load_errors_name_the_file(tmp_path):
-    with pytest.raises(DataError, match="empty file"):
-        (tmp_path / "e").write_bytes(b"")
-        safe_load(tmp_path / "e")
-    with pytest.raises(DataError, match="cannot read"):
-        safe_load(tmp_path / "absent")
+    batches = make_batches(2, seed=3)
+    monkeypatch.setattr(dl, "download", lambda urls, dest_path, **kw: cifar_archive(Path(dest_path), batches))
+    write_python_layout(tmp_path, marker)
+    assert_loaded(load_cifar10(tmp_path, True, False, records_per_batch=2), batches)
+    assert marker.exists()
 
 
 def test_nntrain_package_never_imports_pickle():

@@ -1,6 +1,7 @@
 """Bad data files through `nntrain train`: truncated, wrong magic, wrong dimensions, label out of range, empty,
-missing (offline and with an unreachable mirror) -> exit 2, no traceback, and a message naming the file.
-Archive members escaping the target folder are refused at library level in tests/test_cifar.py."""
+missing (offline and with an unreachable mirror), CIFAR-10's Python layout (pickles, never opened) -> exit 2,
+no traceback, and a message naming the file. Archive members escaping the target folder are refused at
+library level in tests/data/test_cifar.py."""
 
 from __future__ import annotations
 
@@ -118,6 +119,31 @@ def test_missing_file_with_unreachable_mirror(tmp_path, monkeypatch):
     assert code == 2, out
     assert f"{TRAIN_LABELS}.gz" in out and "127.0.0.1:1" in out and "NNTRAIN_MIRROR" in out, out
     assert not [p for p in (root / "mnist").iterdir() if p.name.endswith(".part")]
+
+
+def test_cifar_python_layout_is_refused_unopened(tmp_path):
+    """A data root holding only cifar-10-batches-py/ (hostile pickles): exit 2, a message pointing at the
+    binary layout, and nothing in the folder is executed."""
+    import os
+    import pickle
+
+    class Hostile:
+        def __reduce__(self):
+            return os.remove, (str(marker),)
+
+    marker = tmp_path / "still-here"
+    marker.write_text("x")
+    folder = tmp_path / "data" / "cifar10" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        (folder / name).write_bytes(pickle.dumps(Hostile(), protocol=2))
+    cfg = small_config(tmp_path / "data")
+    cfg["data"]["dataset"] = "cifar10"
+    code, out = invoke("train", write_config(tmp_path / "c.yaml", cfg), "--run-dir", tmp_path / "run",
+                       "--no-progress")
+    assert code == 2, out
+    assert str(folder) in out and "cifar-10-batches-bin" in out and "cifar-10-binary.tar.gz" in out, out
+    assert marker.exists()
 
 
 def test_eval_with_a_damaged_test_file(tmp_path):
