@@ -29,20 +29,30 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 100, tight: bool = Tru
     return path
 
 
+METRICS = (("loss", "cross-entropy loss"), ("acc", "accuracy"))  # metrics.csv column suffix, axis label
+
+
 def _column(history: Sequence[dict], key: str) -> list[float]:
     return [float(r[key]) if r.get(key) not in (None, "") else math.nan for r in history]
 
 
+def _plot_splits(ax, history: Sequence[dict], metric: str, styles: dict[str, str], label: str = "",
+                 **kwargs) -> None:
+    """Draw a run's `<split>_<metric>` columns of metrics.csv against epochs, one line per split in
+    `styles` (split -> format string) that has any value; lines are labelled `split` or `label (split)`."""
+    epochs = [int(r["epoch"]) for r in history]
+    for split, style in styles.items():
+        values = _column(history, f"{split}_{metric}")
+        if values and not all(math.isnan(v) for v in values):
+            ax.plot(epochs, values, style, label=f"{label} ({split})" if label else split, **kwargs)
+
+
 def plot_curves(history: Sequence[dict], plots_dir: Path) -> None:
     """loss.png and accuracy.png: train and val curves against epochs."""
-    epochs = [int(r["epoch"]) for r in history]
-    for metric, fname, label in (("loss", "loss.png", "cross-entropy loss"), ("acc", "accuracy.png", "accuracy")):
+    for (metric, label), fname in zip(METRICS, ("loss.png", "accuracy.png")):
         fig = Figure(figsize=(6, 4))
         ax = fig.add_subplot()
-        for split, style in (("train", "-o"), ("val", "-s")):
-            values = _column(history, f"{split}_{metric}")
-            if not all(math.isnan(v) for v in values):
-                ax.plot(epochs, values, style, label=split, markersize=3)
+        _plot_splits(ax, history, metric, {"train": "-o", "val": "-s"}, markersize=3)
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -129,14 +139,10 @@ def plot_compare(curves: Sequence[tuple[str, Sequence[dict]]], path: Path) -> tu
     axes = [fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)]
     colours = [f"C{i % 10}" for i in range(len(curves))]
     for (label, history), colour in zip(curves, colours):
-        epochs = [int(r["epoch"]) for r in history]
-        for ax, metric in zip(axes, ("loss", "acc")):
-            for split, style in (("train", "--"), ("val", "-")):
-                values = _column(history, f"{split}_{metric}")
-                if values and not all(math.isnan(v) for v in values):
-                    ax.plot(epochs, values, style, color=colour, marker="o", markersize=2.5,
-                            label=f"{label} ({split})")
-    for ax, name in zip(axes, ("cross-entropy loss", "accuracy")):
+        for ax, (metric, _) in zip(axes, METRICS):
+            _plot_splits(ax, history, metric, {"train": "--", "val": "-"}, label, color=colour, marker="o",
+                         markersize=2.5)
+    for ax, (_, name) in zip(axes, METRICS):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
