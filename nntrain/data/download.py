@@ -1,8 +1,9 @@
 """Downloading data files: several mirrors in turn, checksums, atomic writes, clear errors offline.
 
-A download streams into a temporary file in the destination folder, is flushed and fsynced, has its
-checksum verified, and only then is renamed into place: the destination either does not exist or is
-complete and verified. The temporary file is removed on any failure (including Ctrl-C).
+A download streams through nntrain.atomic into a temporary file in the destination folder and has its
+checksum verified before that file is flushed, fsynced and renamed into place: the destination either
+does not exist or is complete and verified. The temporary file is removed on any failure (including
+Ctrl-C), and one a killed download left behind is removed by the next attempt.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ import http.client
 import logging
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import BinaryIO, Mapping, Sequence
 
 from tqdm import tqdm
 
+from nntrain.atomic import WriteError, atomic_open
 from nntrain.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -66,85 +67,53 @@ def _local_error(e: OSError, where: Path) -> DataError:
     return DataError(f"cannot write {where}: {why}")
 
 
-def _remove_quietly(path: Path) -> None:
+def _stream(url: str, out: BinaryIO, name: str, checksums: dict[str, str], progress: bool,
+            timeout: float) -> None:
+    """Copy `url` into `out`, checking its length and checksums; _MirrorFailed when another mirror may do
+    better. A failed write to `out` is left to propagate (an OSError: this machine's fault)."""
+    hashers = {kind: hashlib.new(kind, usedforsecurity=False) for kind in checksums}
     try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-    except OSError as e:  # pragma: no cover - best effort cleanup
-        logger.warning("could not remove temporary file %s: %s", path, e)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename durable; best effort (not every platform can fsync a folder)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        response = urllib.request.urlopen(url, timeout=timeout)
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise _MirrorFailed(f"cannot connect: {reason}") from e
+    with response:
+        length = response.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+        show = progress and sys.stderr.isatty()
+        got = 0
+        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name,
+                  disable=not show, leave=False) as bar:
+            while True:
+                try:
+                    chunk = response.read(_CHUNK)
+                except (OSError, http.client.HTTPException) as e:
+                    raise _MirrorFailed(f"connection lost after {got} bytes: {e}") from e
+                if not chunk:
+                    break
+                out.write(chunk)
+                for h in hashers.values():
+                    h.update(chunk)
+                got += len(chunk)
+                bar.update(len(chunk))
+    if total is not None and got != total:
+        raise _MirrorFailed(f"incomplete download: got {got} of {total} bytes")
+    for kind, expected in checksums.items():
+        actual = hashers[kind].hexdigest()
+        if actual != expected.lower():
+            raise _MirrorFailed(f"checksum mismatch: expected {kind} {expected.lower()}, got {actual} "
+                                f"({got} bytes)")
 
 
 def _fetch_one(url: str, dest: Path, checksums: dict[str, str], progress: bool, timeout: float) -> None:
-    folder = dest.parent
+    """Download `url` to `dest` atomically: the temporary file is renamed only after its checks pass."""
     try:
-        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{dest.name}.", suffix=".part")
-    except OSError as e:
-        raise _local_error(e, folder) from e
-    tmp = Path(tmp_name)
-    try:
-        hashers = {kind: hashlib.new(kind, usedforsecurity=False) for kind in checksums}
-        with os.fdopen(fd, "wb") as out:
-            try:
-                response = urllib.request.urlopen(url, timeout=timeout)
-            except (OSError, http.client.HTTPException, ValueError) as e:
-                reason = getattr(e, "reason", None) or e
-                raise _MirrorFailed(f"cannot connect: {reason}") from e
-            with response:
-                length = response.headers.get("Content-Length")
-                total = int(length) if length and length.isdigit() else None
-                show = progress and sys.stderr.isatty()
-                got = 0
-                with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
-                          disable=not show, leave=False) as bar:
-                    while True:
-                        try:
-                            chunk = response.read(_CHUNK)
-                        except (OSError, http.client.HTTPException) as e:
-                            raise _MirrorFailed(f"connection lost after {got} bytes: {e}") from e
-                        if not chunk:
-                            break
-                        try:
-                            out.write(chunk)
-                        except OSError as e:
-                            raise _local_error(e, tmp) from e
-                        for h in hashers.values():
-                            h.update(chunk)
-                        got += len(chunk)
-                        bar.update(len(chunk))
-            if total is not None and got != total:
-                raise _MirrorFailed(f"incomplete download: got {got} of {total} bytes")
-            try:
-                out.flush()
-                os.fsync(out.fileno())
-            except OSError as e:
-                raise _local_error(e, tmp) from e
-        for kind, expected in checksums.items():
-            actual = hashers[kind].hexdigest()
-            if actual != expected.lower():
-                raise _MirrorFailed(f"checksum mismatch: expected {kind} {expected.lower()}, got {actual} "
-                                    f"({got} bytes)")
-        try:
-            os.replace(tmp, dest)
-        except OSError as e:
-            raise _local_error(e, dest) from e
-        _fsync_folder(folder)
-    except BaseException:
-        _remove_quietly(tmp)
+        with atomic_open(dest, "wb") as out:
+            _stream(url, out, dest.name, checksums, progress, timeout)
+    except WriteError as e:
+        # Said in data terms (free space, or point the data root elsewhere) rather than atomic's generic words.
+        if isinstance(e.__cause__, OSError):
+            raise _local_error(e.__cause__, dest) from e.__cause__
         raise
 
 

@@ -98,6 +98,28 @@ def test_wrong_checksum_leaves_nothing(server, tmp_path):
     assert leftovers(dest.parent) == []
 
 
+def test_checksum_failure_keeps_previous_file_and_clears_a_killed_downloads_temp(server, tmp_path, monkeypatch):
+    """The download streams into a temporary file beside the destination (nntrain.atomic), renamed only
+    once its checksum passes; a temporary file a killed download left behind is removed."""
+    import nntrain.atomic
+    base, served, _ = server
+    (served / "blob.bin").write_bytes(b"new contents")
+    dest = tmp_path / "data" / "blob.bin"
+    dest.parent.mkdir()
+    dest.write_bytes(b"old contents")
+    (dest.parent / ".blob.bin.killed.tmp").write_bytes(b"half a file")
+    folders = []
+    real_mkstemp = nntrain.atomic.tempfile.mkstemp
+    monkeypatch.setattr(nntrain.atomic.tempfile, "mkstemp",
+                        lambda **kw: folders.append(kw["dir"]) or real_mkstemp(**kw))
+    with pytest.raises(DownloadError, match="checksum mismatch"):
+        download(f"{base}/blob.bin", dest, md5="0" * 32, progress=False)
+    assert dest.read_bytes() == b"old contents" and leftovers(dest.parent) == ["blob.bin"]
+    download(f"{base}/blob.bin", dest, md5=hashlib.md5(b"new contents").hexdigest(), progress=False)
+    assert dest.read_bytes() == b"new contents" and leftovers(dest.parent) == ["blob.bin"]
+    assert folders == [dest.parent, dest.parent]
+
+
 def test_connection_refused(refused_url, tmp_path):
     dest = tmp_path / "out" / "blob.bin"
     with pytest.raises(DataError) as err:
@@ -171,7 +193,7 @@ def test_read_only_folder(server, tmp_path, monkeypatch):
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr("nntrain.data.download.tempfile.mkstemp", read_only)
+    monkeypatch.setattr("nntrain.atomic.tempfile.mkstemp", read_only)
     with pytest.raises(DataError, match="writable") as err:
         download(f"{base}/blob.bin", tmp_path / "out" / "blob.bin", progress=False)
     assert str(tmp_path / "out") in str(err.value)

@@ -118,7 +118,7 @@ def test_missing_file_with_unreachable_mirror(tmp_path, monkeypatch):
                        "--no-progress")
     assert code == 2, out
     assert f"{TRAIN_LABELS}.gz" in out and "127.0.0.1:1" in out and "NNTRAIN_MIRROR" in out, out
-    assert not [p for p in (root / "mnist").iterdir() if p.name.endswith(".part")]
+    assert not [p for p in (root / "mnist").iterdir() if p.name.endswith(".tmp")]
 
 
 def test_cifar_python_layout_is_refused_unopened(tmp_path):
