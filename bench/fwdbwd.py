@@ -1,4 +1,4 @@
-"""Forward+backward time of the mnist-cnn (or --net cifar: cifar-cnn) reference net (DESIGN.md) on one float32 batch:
+"""Forward+backward time of the mnist-cnn (or --net cifar: cifar-cnn) reference net on one float32 batch:
 nntrain beside PyTorch, same process, same thread count. Not a test.
 
 usage: python bench/fwdbwd.py [--threads 2] [--net mnist|cifar] [--repeats 30] [--rounds 3] [--batch N] [--profile]
@@ -22,7 +22,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of nntrain and torch")
     ap.add_argument("--batch", type=int, default=None, help="default: the workload's (64 mnist, 128 cifar)")
     ap.add_argument("--net", choices=("mnist", "cifar"), default="mnist",
-                    help="mnist-cnn (default) or cifar-cnn of DESIGN.md")
+                    help="mnist-cnn (default, configs/cnn.yaml) or cifar-cnn (configs/cifar_cnn.yaml)")
     ap.add_argument("--profile", action="store_true", help="also print nntrain's per-layer times")
     ap.add_argument("--input-grad", action="store_true",
                     help="compute dL/d(input) on both sides (by default neither does, as in training)")
@@ -82,13 +82,12 @@ def timed(step, repeats: int) -> list[float]:
 
 def nntrain_step(x: np.ndarray, labels: np.ndarray, workers: int | None = None):
     model = nntrain.build_model(SPEC, input_shape=INPUT, seed=0, threads=workers)
-    # PyTorch computes no gradient for an input that does not require one; the same here.
-    model.layers[0].skip_input_grad = not args.input_grad
     loss = nntrain.SoftmaxCrossEntropy()
 
     def step():
         loss.forward(model.forward(x, train=True), labels)
-        model.backward(loss.backward())
+        # PyTorch computes no gradient for an input that does not require one; the same here.
+        model.backward(loss.backward(), need_input_grad=args.input_grad)
 
     return model, loss, step
 
@@ -120,23 +119,23 @@ def torch_step(x: np.ndarray, labels: np.ndarray):
 
 
 def profile(model, loss, x: np.ndarray, labels: np.ndarray, repeats: int = 20) -> None:
-    """Per-layer forward/backward milliseconds (best of `repeats`: robust to load from other processes)."""
+    """Per-layer forward/backward milliseconds (best of `repeats`: robust to load from other processes),
+    the layers run in the model's plan as in the timed step."""
     fwd = {i: [] for i in range(len(model.layers))}
     bwd = {i: [] for i in range(len(model.layers))}
     for _ in range(repeats):
         h = x
-        for i, layer in enumerate(model.layers):
-            t0 = clock()
-            h = layer.forward(h, True)
-            fwd[i].append(clock() - t0)
+        for step in model.plan:
+            for i in step.layers:
+                t0 = clock()
+                h = model.layers[i].forward(h, True)
+                fwd[i].append(clock() - t0)
         loss.forward(h, labels)
         g = loss.backward()
-        for i in reversed(range(len(model.layers))):
+        for i, need in model.backward_calls(args.input_grad):
             t0 = clock()
-            g = model.layers[i].backward(g)
+            g = model.layers[i].backward(g, need)
             bwd[i].append(clock() - t0)
-            if g is None:   # a first layer that skips dx
-                break
     for i, layer in enumerate(model.layers):
         bwd[i] = bwd[i] or [0.0]
         print(f"  {i:2d} {layer.describe():55s} fwd {1e3 * min(fwd[i]):6.2f} ms  "

@@ -1,7 +1,8 @@
-"""A model is a stack of layers: forward runs them in order, backward in reverse."""
+"""A model is a stack of layers: forward runs them in order, backward in reverse (as planned by `plan_steps`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -9,9 +10,7 @@ import numpy as np
 from nntrain.nn.state import load_arrays_into
 from nntrain.errors import ConfigError
 from nntrain.nn.layers import layer_from_spec
-from nntrain.nn.layers.activations import ReLU
 from nntrain.nn.layers.base import Layer, Shape
-from nntrain.nn.layers.pool import MaxPool2D
 from nntrain.nn.parallel import Workers
 
 
@@ -23,6 +22,38 @@ def model_rngs(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
     return np.random.default_rng([seed, 0]), np.random.default_rng([seed, 1])
 
 
+@dataclass(frozen=True)
+class Step:
+    """One step of a model's plan: `layers` holds listed layer indices in the order forward runs them
+    (backward runs them reversed). One layer, or a swapped pair (pool, layer before it): see plan_steps."""
+
+    layers: tuple[int, ...]
+
+    @property
+    def swapped(self) -> bool:
+        """True for a pair that runs in the opposite of the listed order."""
+        return len(self.layers) > 1
+
+
+def plan_steps(layers: Sequence[Layer]) -> list[Step]:
+    """The steps forward runs `layers` in: one per layer, except that a layer which `commutes_with_max`
+    (relu) directly followed by a max-pool becomes one step (pool, layer).
+
+    max_w relu(x) = relu(max_w x), and the first maximum of relu(x) in a window is the first maximum of
+    x wherever relu does not zero the gradient, so outputs and gradients are bit-identical to the
+    listed order, while the relu works on the pool's smaller output (4x smaller for 2x2 pooling).
+    """
+    steps, i = [], 0
+    while i < len(layers):
+        if i + 1 < len(layers) and layers[i].commutes_with_max and layers[i + 1].is_max_pool:
+            steps.append(Step((i + 1, i)))
+            i += 2
+        else:
+            steps.append(Step((i,)))
+            i += 1
+    return steps
+
+
 class Model:
     """Sequential stack of built layers.
 
@@ -32,6 +63,9 @@ class Model:
     The model owns a `Workers` pool (`threads`, default: the BLAS thread count) that its layers use to
     split element-wise work over the batch axis; results are the same for any thread count.
     `close()` stops its threads (garbage collection does too).
+
+    `plan` (from plan_steps, fixed at construction) is the order forward runs the layers in; backward
+    runs it reversed (`backward_calls`), and the per-layer profiler follows both.
     """
 
     def __init__(self, layers: Sequence[Layer], input_shape: Shape, dtype: np.dtype, rng: np.random.Generator,
@@ -40,10 +74,7 @@ class Model:
         self.workers = Workers(threads)
         for layer in self.layers:
             layer.workers = self.workers
-        # indices i of relu layers directly followed by a maxpool: forward runs the pair swapped
-        self._relu_pool = {i for i in range(len(self.layers) - 1)
-                           if type(self.layers[i]) is ReLU and type(self.layers[i + 1]) is MaxPool2D}
-        self._swapped: dict[int, np.ndarray | None] = {}
+        self.plan: list[Step] = plan_steps(self.layers)
         self.input_shape = tuple(input_shape)
         self.dtype = np.dtype(dtype)
         self.rng = rng
@@ -55,67 +86,38 @@ class Model:
         self.output_shape = shape
 
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
-        """x: (N, *input_shape) -> (N, *output_shape).
-
-        A relu directly followed by a maxpool runs after it instead: max and relu commute
-        (max_w relu(x) = relu(max_w x)), and the first maximum of relu(x) in a window is the first
-        maximum of x whenever the gradient is not zeroed by the relu, so outputs and gradients are the
-        same, while the relu works on the pool's smaller output (4x smaller for 2x2 pooling).
-        """
-        self._swapped = {}
-        for i in self.execution_order():
-            x = self.layers[i].forward(x, train)
-            if train and i in self._relu_pool:   # backward takes the swapped order only while the relu
-                self._swapped[i] = self.layers[i].mask   # still holds this mask
+        """x: (N, *input_shape) -> (N, *output_shape), running the layers step by step as `plan` says."""
+        for step in self.plan:
+            for k in step.layers:
+                x = self.layers[k].forward(x, train)
         return x
 
-    def execution_order(self) -> list[int]:
-        """Layer indices in the order forward runs them (each relu-maxpool pair swapped)."""
-        order, i = [], 0
-        while i < len(self.layers):
-            if i in self._relu_pool:
-                order += [i + 1, i]
-                i += 2
-            else:
-                order.append(i)
-                i += 1
-        return order
+    def backward_calls(self, need_input_grad: bool = True) -> list[tuple[int, bool]]:
+        """The layer backward calls of `backward`, in order: (layer index, need_input_grad for it).
 
-    def first_with_params(self) -> int:
-        """Index of the first layer with parameters (len(layers) if none): training's backward stops there."""
-        return next((i for i, layer in enumerate(self.layers) if layer.params), len(self.layers))
+        The plan's steps reversed; with need_input_grad=False they stop at the first step that has
+        parameters (the steps before it would only compute dx), whose first layer skips its dx.
+        """
+        steps = self.plan
+        if not need_input_grad:
+            first = next((s for s, step in enumerate(steps)
+                          if any(self.layers[k].params for k in step.layers)), len(steps))
+            steps = steps[first:]
+        calls = [(k, True) for step in reversed(steps) for k in reversed(step.layers)]
+        if calls and not need_input_grad:
+            calls[-1] = (calls[-1][0], False)
+        return calls
 
-    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+    def backward(self, grad: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         """grad: dL/d(output) -> dL/dx; fills every layer's grads (including weight decay).
 
-        input_grad=False (training) returns None and skips work nobody needs, as PyTorch does for an
-        input without requires_grad: the parameter-free layers before the first parameterised one, and
-        that layer's own dx (its `skip_input_grad`). Works after Model.forward and after running the
-        layers' forward one by one in order (as gradcheck does).
+        Follows the last Model.forward(x, train=True). need_input_grad=False (training) returns None and
+        skips work nobody needs, as PyTorch does for an input without requires_grad: the
+        parameter-free layers before the first parameterised one, and that layer's own dx.
         """
-        stop = 0
-        if not input_grad:
-            stop = self.first_with_params()
-        i = len(self.layers) - 1
-        while i >= stop:
-            layer = self.layers[i]
-            j = i - 1
-            mask = self._swapped.get(j)
-            if j >= stop and mask is not None and mask is getattr(self.layers[j], "mask", None):
-                grad = self.layers[j].backward(grad)   # relu (it ran after the pool)
-                grad = layer.backward(grad)            # maxpool
-                i -= 2
-                continue
-            if i == stop and not input_grad and hasattr(layer, "skip_input_grad"):
-                layer.skip_input_grad = True
-                try:
-                    grad = layer.backward(grad)
-                finally:
-                    layer.skip_input_grad = False
-            else:
-                grad = layer.backward(grad)
-            i -= 1
-        return grad if input_grad else None
+        for k, need in self.backward_calls(need_input_grad):
+            grad = self.layers[k].backward(grad, need)
+        return grad if need_input_grad else None
 
     __call__ = forward
 

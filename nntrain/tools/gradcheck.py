@@ -28,10 +28,11 @@ Making f a deterministic, smooth function of θ:
   smaller steps while a wrong backward stays wrong at every step; each step is judged against its own
   rounding floor.
 
-Only layers from the perturbed one onwards are re-run: each layer's input and the Generator state
-before it are recorded in the reference forward, so a partial forward reproduces the full one exactly.
-The model is left as it was found (parameters, buffers such as batchnorm running statistics, and the
-Generator state are restored).
+The forward runs in the model's plan (`Model.plan`, whose steps backward follows), and only steps
+from the one holding the perturbed layer onwards are re-run: each step's input and the Generator
+state before it are recorded in the reference forward, so a partial forward reproduces the full one
+exactly. The model is left as it was found (parameters, buffers such as batchnorm running
+statistics, and the Generator state are restored).
 """
 
 from __future__ import annotations
@@ -102,27 +103,30 @@ def config_input_shape(cfg: Mapping[str, Any]) -> tuple[int, ...]:
 
 
 class _Objective:
-    """f(θ) evaluated from layer k onwards, reproducing the reference forward exactly."""
+    """f(θ) evaluated from a step of the model's plan onwards, reproducing the reference forward exactly."""
 
     def __init__(self, model: Model, loss: Any, x: np.ndarray, labels: np.ndarray):
         self.model, self.loss, self.labels = model, loss, labels
+        self.step_of = {k: s for s, step in enumerate(model.plan) for k in step.layers}
         self.inputs: list[np.ndarray] = []
         self.states: list[dict] = []
         h = x
-        for layer in model.layers:
+        for step in model.plan:
             self.inputs.append(h)
             self.states.append(model.rng.bit_generator.state)
-            h = layer.forward(h, train=True)
+            for k in step.layers:
+                h = model.layers[k].forward(h, train=True)
         self.value = loss.forward(h, labels) + model.regularization_loss()
 
     def __call__(self, start: int, reg_layer: int | None) -> float:
-        """Data loss from layer `start` on, plus the weight-decay term of layer `reg_layer` (the only
-        one that changes when that layer's params move; constant terms are left out of f± so that
-        they do not add rounding error to the difference)."""
+        """Data loss from plan step `start` on, plus the weight-decay term of layer `reg_layer` (the
+        only one that changes when that layer's params move; constant terms are left out of f± so
+        that they do not add rounding error to the difference)."""
         self.model.rng.bit_generator.state = self.states[start]
         h = self.inputs[start]
-        for layer in self.model.layers[start:]:
-            h = layer.forward(h, train=True)
+        for step in self.model.plan[start:]:
+            for k in step.layers:
+                h = self.model.layers[k].forward(h, train=True)
         f = self.loss.forward(h, self.labels)
         if reg_layer is not None:
             f += self.model.layers[reg_layer].regularization_loss()
@@ -186,15 +190,11 @@ def gradcheck(model: Model, loss: Any, x: np.ndarray, labels: np.ndarray, *, sam
     labels = np.asarray(labels)
     saved = model.state_dict()
     noise_state = model.rng.bit_generator.state
-    # A first layer may be told to skip dL/dx (conv2d's skip_input_grad, a training speed-up); the
-    # check needs it, so it is switched off for the duration.
-    skipping = [layer for layer in model.layers if getattr(layer, "skip_input_grad", False)]
-    for layer in skipping:
-        layer.skip_input_grad = False
     try:
-        # Reference pass (records each layer's input and the Generator state before it), then backward.
+        # Reference pass (records each step's input and the Generator state before it), then backward,
+        # which follows the same plan.
         f = _Objective(model, loss, x, labels)
-        dx = model.backward(loss.backward()).copy()
+        dx = model.backward(loss.backward(), need_input_grad=True).copy()
         grads = {(k, name): g.copy() for k, layer in enumerate(model.layers) for name, g in layer.grads.items()}
         scale = max(abs(f.value), 1.0)
 
@@ -212,7 +212,7 @@ def gradcheck(model: Model, loss: Any, x: np.ndarray, labels: np.ndarray, *, sam
             if array.size == 0:
                 continue
             idx = pick(array.size)
-            start, reg = (0, None) if k is None else (k, k)
+            start, reg = (0, None) if k is None else (f.step_of[k], k)
             err, at = _check_tensor(lambda: f(start, reg), array, analytic, idx, eps, tol, scale)
             rows.append(GradcheckRow(k, kind, name, len(idx), array.size, err,
                                      tuple(int(j) for j in np.unravel_index(at, array.shape)), tol,
@@ -221,8 +221,6 @@ def gradcheck(model: Model, loss: Any, x: np.ndarray, labels: np.ndarray, *, sam
     finally:
         model.load_state_dict(saved)
         model.rng.bit_generator.state = noise_state
-        for layer in skipping:
-            layer.skip_input_grad = True
 
 
 def gradcheck_config(cfg: Mapping[str, Any], full: bool = False, batch_size: int = 4,

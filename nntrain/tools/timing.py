@@ -2,8 +2,9 @@
 
 Each batch runs forward layer by layer, the loss, backward layer by layer and (optionally) one
 optimizer step, timing every call with time.perf_counter. Layers run as Model.forward/backward run
-them in training: a relu followed by a maxpool runs after the pool, and backward stops at the first
-layer with parameters, which skips its own input gradient. After `warmup` untimed batches, each
+them in training, following the model's plan: a relu followed by a maxpool runs after the pool, and
+backward stops at the first layer with parameters, which skips its own input gradient
+(Model.backward_calls(need_input_grad=False)). After `warmup` untimed batches, each
 row reports the median milliseconds per batch over `batches` batches; medians resist the odd
 scheduler hiccup better than means. GFLOP/s uses `layer.flops(input_shape)` (forward FLOPs per
 sample); backward is counted as 2× the forward FLOPs (one GEMM for the input gradient, one for the
@@ -68,9 +69,9 @@ def profile_model(model: Model, loss: Any, x: np.ndarray, labels: np.ndarray, ba
         raise ValueError(f"need batches >= 1 and warmup >= 0, got batches={batches}, warmup={warmup}")
     layers = model.layers
     n_layers = len(layers)
-    order = model.execution_order()
-    first = model.first_with_params()
-    backward_order = [k for k in reversed(order) if k >= first]
+    forward_calls = [k for step in model.plan for k in step.layers]
+    backward_calls = model.backward_calls(need_input_grad=False)
+    skips_dx = {k for k, need in backward_calls if not need}
     fwd = [[] for _ in range(n_layers + 1)]  # last slot: the loss
     bwd = [[] for _ in range(n_layers + 1)]
     opt_times: list[float] = []
@@ -78,7 +79,7 @@ def profile_model(model: Model, loss: Any, x: np.ndarray, labels: np.ndarray, ba
     for b in range(warmup + batches):
         keep = b >= warmup
         h = x
-        for k in order:
+        for k in forward_calls:
             t0 = clock()
             h = layers[k].forward(h, True)
             t1 = clock()
@@ -92,15 +93,10 @@ def profile_model(model: Model, loss: Any, x: np.ndarray, labels: np.ndarray, ba
         if keep:
             fwd[n_layers].append(t1 - t0)
             bwd[n_layers].append(t2 - t1)
-        for k in backward_order:
-            skip = k == first and hasattr(layers[k], "skip_input_grad")
-            if skip:
-                layers[k].skip_input_grad = True
+        for k, need in backward_calls:
             t0 = clock()
-            g = layers[k].backward(g)
+            g = layers[k].backward(g, need)
             t1 = clock()
-            if skip:
-                layers[k].skip_input_grad = False
             if keep:
                 bwd[k].append(t1 - t0)
         if optimizer is not None:
@@ -111,18 +107,18 @@ def profile_model(model: Model, loss: Any, x: np.ndarray, labels: np.ndarray, ba
                 opt_times.append(t1 - t0)
 
     def ms(samples: list[float]) -> float:
-        return 1e3 * statistics.median(samples) if samples else 0.0   # no backward before `first`
+        return 1e3 * statistics.median(samples) if samples else 0.0   # layers backward does not call
 
     n = x.shape[0]
-    position = {k: i for i, k in enumerate(order)}
+    moved = {k for step in model.plan if step.swapped for k in step.layers[1:]}   # run after the pool
     stages = []  # (name, layer, output shape, fwd ms, bwd ms, forward flops, backward flops per batch)
     shape = tuple(model.input_shape)
     for k, layer in enumerate(layers):
         flops = n * layer.flops(shape)
         out = model.shapes[k]
-        moved = " (runs after the pool)" if k + 1 < n_layers and position[k] > position[k + 1] else ""
-        stages.append((f"{k} {layer.describe()}{moved}", k, out, ms(fwd[k]), ms(bwd[k]), flops,
-                       flops if k == first else 2 * flops))
+        note = " (runs after the pool)" if k in moved else ""
+        stages.append((f"{k} {layer.describe()}{note}", k, out, ms(fwd[k]), ms(bwd[k]), flops,
+                       flops if k in skips_dx else 2 * flops))
         shape = out
     stages.append(("loss", None, None, ms(fwd[n_layers]), ms(bwd[n_layers]), 0, 0))
     if optimizer is not None:

@@ -218,7 +218,7 @@ class Trainer:
                             f"the training loss became {value} at epoch {epoch + 1}, batch {b + 1}: the run is "
                             f"stopped. The last good checkpoint is {self.ckpt_dir / 'last.npz'}. A smaller learning rate "
                             f"(now {self.optimizer.lr:g}) usually helps.")
-                    self.model.backward(self.loss.backward(), input_grad=False)
+                    self.model.backward(self.loss.backward(), need_input_grad=False)
                     self.optimizer.step()
                     s.sums["loss"] += value * len(y)
                     s.sums["correct"] += int((z.argmax(axis=1) == y).sum())

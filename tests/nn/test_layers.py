@@ -192,18 +192,17 @@ def test_conv2d_weight_decay_and_reused_buffers():
         close(layer.grads["W"], tdw.numpy() + 0.5 * layer.params["W"], np.float64)
 
 
-def test_conv2d_skip_input_grad():
+def test_conv2d_backward_without_input_grad():
     layer = make({"type": "conv2d", "out_channels": 2, "kernel_size": 3}, (1, 5, 5))
-    layer.skip_input_grad = True
     x = np.random.default_rng(0).standard_normal((2, 1, 5, 5))
     y = layer.forward(x, True)
-    assert layer.backward(np.ones_like(y)) is None
+    assert layer.backward(np.ones_like(y), need_input_grad=False) is None
     _, _, (tdw, _) = torch_fwd_bwd(lambda tx, tw, tb: F.conv2d(tx, tw, tb), x, np.ones_like(y),
                                    layer.params["W"], layer.params["b"])
     close(layer.grads["W"], tdw, np.float64)
 
 
-def test_linear_matches_torch_and_skip_input_grad():
+def test_linear_matches_torch_and_backward_without_input_grad():
     for dtype in DTYPES:
         layer = make({"type": "linear", "out_features": 5, "weight_decay": 0.1}, (7,), dtype)
         layer.params["b"][...] = np.arange(5)
@@ -214,9 +213,9 @@ def test_linear_matches_torch_and_skip_input_grad():
         close(dx, tdx, dtype)
         close(layer.grads["W"], tdw.numpy() + dtype(0.1) * layer.params["W"], dtype)
         close(layer.grads["b"], tdb, dtype)
-        layer.skip_input_grad = True
         layer.forward(x, True)
-        assert layer.backward(g) is None
+        assert layer.backward(g, need_input_grad=False) is None
+        close(layer.grads["W"], tdw.numpy() + dtype(0.1) * layer.params["W"], dtype)
         close(layer.grads["b"], tdb, dtype)
 
 
@@ -643,13 +642,13 @@ def _layerwise(model, x, g):
 def test_model_runs_relu_after_maxpool_with_identical_results(pool):
     """Model.forward runs relu -> maxpool as maxpool -> relu (they commute); outputs and all gradients
     equal the layer-by-layer order exactly, also with ties (constant regions) and all-negative windows;
-    model.backward also follows a layer-by-layer forward (as gradcheck does)."""
+    training's backward (need_input_grad=False) gives the same parameter gradients and no dx."""
     from nntrain.nn.model import build_model
     spec = [{"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1}, {"type": "relu"},
             {"type": "maxpool2d", **pool}, {"type": "relu"}, {"type": "maxpool2d", "kernel_size": 2},
             {"type": "flatten"}, {"type": "linear", "out_features": 3}]
     model = build_model(spec, (1, 12, 12), seed=1, dtype=np.float32)
-    assert model._relu_pool == {1, 3}
+    assert [step.layers for step in model.plan] == [(0,), (2, 1), (4, 3), (5,), (6,)]
     rng = np.random.default_rng(0)
     x = rng.standard_normal((5, 1, 12, 12)).astype(np.float32)
     x[:, :, :6, :6] = 0.0            # a constant region: ties in every window of the conv output
@@ -663,11 +662,31 @@ def test_model_runs_relu_after_maxpool_with_identical_results(pool):
     np.testing.assert_array_equal(dx, dx_ref)
     for a, b in zip(grads, grads_ref):
         np.testing.assert_array_equal(a, b)
-    model.forward(x, train=True)     # swapped caches, then overwritten by a layer-by-layer forward
-    h = x
-    for layer in model.layers:
-        h = layer.forward(h, train=True)
-    np.testing.assert_array_equal(model.backward(g), dx_ref)
+    assert model.backward_calls(need_input_grad=False) == [(6, True), (5, True), (3, True), (4, True),
+                                                            (1, True), (2, True), (0, False)]
+    calls = []
+    for k, layer in enumerate(model.layers):   # record the calls backward makes
+        def spy(grad, need_input_grad=True, k=k, original=layer.backward):
+            calls.append((k, need_input_grad))
+            return original(grad, need_input_grad)
+        layer.backward = spy
+    np.testing.assert_array_equal(model.forward(x, train=True), y_ref)
+    assert model.backward(g, need_input_grad=False) is None
+    assert calls == model.backward_calls(need_input_grad=False)
+    for (_, _, a), b in zip(model.parameters(), grads_ref):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_plan_swaps_by_declared_capability():
+    """plan_steps swaps a layer that declares commutes_with_max (relu) with a following max-pool
+    (is_max_pool); leaky_relu (float rounding can make ties) and avgpool keep their order."""
+    from nntrain.nn.model import plan_steps
+    spec = [{"type": "relu"}, {"type": "maxpool2d", "kernel_size": 2}, {"type": "leaky_relu"},
+            {"type": "maxpool2d", "kernel_size": 2}, {"type": "relu"}, {"type": "avgpool2d", "kernel_size": 2},
+            {"type": "maxpool2d", "kernel_size": 1}, {"type": "relu"}]
+    layers = [make(s, (1, 16, 16)) for s in spec]
+    assert [step.layers for step in plan_steps(layers)] == [(1, 0), (2,), (3,), (4,), (5,), (6,), (7,)]
+    assert [step.swapped for step in plan_steps(layers)][:2] == [True, False]
 
 
 @pytest.mark.parametrize("channels", [2, 6])   # planar and channels-last columns
@@ -684,10 +703,9 @@ def test_conv2d_column_chunks_match_whole_batch(monkeypatch, skip, channels):
     for per in (7, 3):   # whole batch; 3 samples per chunk (the last chunk has one)
         monkeypatch.setattr(conv, "CHUNK_BYTES", per * 72 * (9 * channels + 1) * 4)
         layer = make(spec, (channels, 9, 8), np.float32)
-        layer.skip_input_grad = skip
         for _ in range(2):   # second pass reuses the buffers
             y = layer.forward(x, train=True)
-            dx = layer.backward(g)
+            dx = layer.backward(g, need_input_grad=not skip)
         assert layer._scratch[("cols", 0)].size == per * 72 * (9 * channels + 1)
         results.append((y, dx, layer.grads["W"].copy(), layer.grads["b"].copy()))
     (y0, dx0, w0, b0), (y1, dx1, w1, b1) = results

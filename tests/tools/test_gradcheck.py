@@ -81,8 +81,8 @@ def break_backward(monkeypatch, layer, param=None, factor=1.01):
     """Scale the layer's `param` gradient (or, with param None, its input gradient) by `factor`."""
     original = layer.backward
 
-    def broken(grad):
-        dx = original(grad)
+    def broken(grad, need_input_grad=True):
+        dx = original(grad, need_input_grad)
         if param is None:
             return dx * factor
         layer.grads[param] *= factor
@@ -227,15 +227,17 @@ def test_format_gradcheck_lists_every_tensor_and_the_verdict():
     assert format_gradcheck(rows[:1]).splitlines()[-1].startswith("all 1 tensors within tolerance")
 
 
-def test_first_layer_skipping_its_input_gradient_is_still_checked():
-    """conv2d's skip_input_grad (a training speed-up) is switched off for the check and restored."""
+def test_input_gradient_is_checked_after_a_training_backward():
+    """A training backward (need_input_grad=False: the first conv returns no dx) before the check does
+    not keep gradcheck from computing and checking dL/dx in full."""
     if "conv2d" not in REGISTRY:
         pytest.skip("conv2d not registered")
     model, x, labels = build_case((2, 5, 5), [{"type": "conv2d", "out_channels": 2, "kernel_size": 3}])
-    model.layers[0].skip_input_grad = True
-    rows = gradcheck(model, build_loss(None), x, labels, rng=np.random.default_rng(0))
-    assert rows[0].name == "input" and rows[0].passed
-    assert model.layers[0].skip_input_grad is True
+    loss = build_loss(None)
+    loss.forward(model.forward(x, train=True), labels)
+    assert model.backward(loss.backward(), need_input_grad=False) is None
+    rows = gradcheck(model, loss, x, labels, full=True, rng=np.random.default_rng(0))
+    assert rows[0].name == "input" and rows[0].passed and rows[0].checked == rows[0].size == x.size
 
 
 SHIPPED_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
@@ -267,8 +269,8 @@ def test_gradcheck_command_exit_codes(tmp_path, monkeypatch):
 
     real = Linear.backward
 
-    def broken(self, grad):
-        dx = real(self, grad)
+    def broken(self, grad, need_input_grad=True):
+        dx = real(self, grad, need_input_grad)
         self.grads["W"] *= 1.01
         return dx
 

@@ -13,7 +13,10 @@ class ReLU(Layer):
     """y = max(x, 0); dx = g · [x > 0] (the subgradient at 0 is 0, as in PyTorch).
 
     Outputs keep the input's memory layout (channels-last stays channels-last); the work is split
-    over the batch axis across `workers`."""
+    over the batch axis across `workers`. max(x, 0) is exact and zeroes the gradient wherever it
+    maps two values to one (x <= 0), so it commutes with a max-pool (see Layer)."""
+
+    commutes_with_max = True
 
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         y = np.empty_like(x)
@@ -28,7 +31,7 @@ class ReLU(Layer):
         self.mask = mask
         return y
 
-    def backward(self, grad: np.ndarray) -> np.ndarray:
+    def backward(self, grad: np.ndarray, need_input_grad: bool = True) -> np.ndarray:
         mask = self._cached("mask")
         dx = np.empty_like(grad)
         split(self.workers, lambda s: np.multiply(grad[s], mask[s], out=dx[s]), len(grad), grad[:1].size)
@@ -46,7 +49,7 @@ class LeakyReLU(Layer):
         self.mask = mask if train else None
         return np.where(mask, x, x * x.dtype.type(self.slope))
 
-    def backward(self, grad: np.ndarray) -> np.ndarray:
+    def backward(self, grad: np.ndarray, need_input_grad: bool = True) -> np.ndarray:
         return np.where(self._cached("mask"), grad, grad * grad.dtype.type(self.slope))
 
 
@@ -62,7 +65,7 @@ class Sigmoid(Layer):
         self.y = y if train else None
         return y
 
-    def backward(self, grad: np.ndarray) -> np.ndarray:
+    def backward(self, grad: np.ndarray, need_input_grad: bool = True) -> np.ndarray:
         y = self._cached("y")
         return grad * y * (1 - y)
 
@@ -76,7 +79,7 @@ class Tanh(Layer):
         self.y = y if train else None
         return y
 
-    def backward(self, grad: np.ndarray) -> np.ndarray:
+    def backward(self, grad: np.ndarray, need_input_grad: bool = True) -> np.ndarray:
         y = self._cached("y")
         return grad * (1 - y * y)
 
@@ -97,7 +100,7 @@ class Softmax(Layer):
         self.y = y if train else None
         return y
 
-    def backward(self, grad: np.ndarray) -> np.ndarray:
+    def backward(self, grad: np.ndarray, need_input_grad: bool = True) -> np.ndarray:
         y = self._cached("y")
         return y * (grad - (grad * y).sum(axis=1, keepdims=True))
 
@@ -121,7 +124,7 @@ class GELU(Layer):
         self.cdf = cdf if train else None
         return x * cdf
 
-    def backward(self, grad: np.ndarray) -> np.ndarray:
+    def backward(self, grad: np.ndarray, need_input_grad: bool = True) -> np.ndarray:
         x = self._cached("x")
         t = x.dtype.type
         if self.approximate == "tanh":

@@ -2,7 +2,8 @@
 
 A layer is one class: it declares its YAML options in `options` (which drive config validation),
 infers its output shape, creates its `params` (with matching `grads`) in `build`, and implements
-`forward(x, train)` / `backward(grad)`. Shapes exclude the batch axis: `(C, H, W)` or `(features,)`.
+`forward(x, train)` / `backward(grad, need_input_grad)`. Shapes exclude the batch axis: `(C, H, W)` or
+`(features,)`.
 """
 
 from __future__ import annotations
@@ -48,11 +49,21 @@ class Layer:
       backward after an evaluation forward raises RuntimeError.
     - `workers` (a nntrain.nn.parallel.Workers, set by the Model; None: one thread) splits element-wise
       work over the batch axis; results do not depend on the number of threads.
+
+    Capabilities the Model plans with (class attributes, see nntrain.nn.model.plan_steps):
+    - `is_max_pool`: forward takes the maximum over windows and backward routes each window's
+      gradient to its first maximum (row-major window order).
+    - `commutes_with_max`: element-wise y = f(x) with f non-decreasing, and f(a) = f(b) for a != b
+      only where f' = 0; then f(max_w x) = max_w f(x) and the first maximum of f(x) is the first
+      maximum of x wherever the gradient is not zeroed, so the layer may run after a max-pool that
+      follows it, on the pool's smaller output, with the same outputs and gradients.
     """
 
     type_name: ClassVar[str] = ""
     options: ClassVar[dict[str, Option]] = {}
     decayed: ClassVar[tuple[str, ...]] = ()
+    is_max_pool: ClassVar[bool] = False
+    commutes_with_max: ClassVar[bool] = False
     workers: Any = None   # nntrain.nn.parallel.Workers or None; set by Model
 
     def __init__(self, **opts: Any):
@@ -95,7 +106,9 @@ class Layer:
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         raise NotImplementedError
 
-    def backward(self, grad: np.ndarray) -> np.ndarray:
+    def backward(self, grad: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
+        """grad: dL/dy -> dL/dx; fills `grads`. need_input_grad=False (nobody uses dx, as for a first
+        layer in training) lets a layer skip the dx work and return None; most ignore it."""
         raise NotImplementedError
 
     def _cached(self, name: str) -> Any:

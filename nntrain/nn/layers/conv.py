@@ -107,8 +107,8 @@ class Conv2D(Layer):
 
     W is (out_channels, in_channels, kh, kw) like PyTorch; fan_in = C·kh·kw. Backward:
     dW = gᵀ·cols (+ λW), db = Σ g, dx = col2im(g·Wmᵀ) (an add per kernel offset, over all pixels at once).
-    Set `skip_input_grad = True` on a first layer to skip dx (backward then returns None), as PyTorch
-    does for inputs that need no gradient.
+    backward(grad, need_input_grad=False) (a first layer) skips dx and returns None, as PyTorch does
+    for inputs that need no gradient.
     """
 
     options = {
@@ -119,7 +119,6 @@ class Conv2D(Layer):
         **weight_options("add a learned bias per output channel"),
     }
     decayed = ("W",)
-    skip_input_grad = False
 
     def output_shape(self, input_shape: Shape) -> Shape:
         return (self.out_channels, *window_output_hw(self, input_shape, " or more padding"))
@@ -227,7 +226,7 @@ class Conv2D(Layer):
         # (N·OH·OW, O) is channels-last memory; the NCHW view lets the next layers keep that layout.
         return y.reshape(n, oh, ow, o).transpose(0, 3, 1, 2)
 
-    def backward(self, grad: np.ndarray) -> np.ndarray | None:
+    def backward(self, grad: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         if getattr(self, "_saved", None) is None:
             raise self._no_cache()
         (n, c, h, w), xp = self._saved
@@ -238,7 +237,7 @@ class Conv2D(Layer):
         g = channels_last(grad).reshape(n * m, o)   # free when grad is channels-last memory
         k = kh * kw * c
         kb = k + (1 if self.bias else 0)
-        skip = self.skip_input_grad
+        skip = not need_input_grad
         (ph, pw), (sh, sw) = self.padding, self.stride
         # dx for stride 1 is a convolution too: the correlation of g, zero-padded by (kh-1-ph, kw-1-pw),
         # with the kernel flipped and its in/out channels swapped,

@@ -25,5 +25,5 @@ class Dropout(Layer):
         self.mask = keep * x.dtype.type(1.0 / (1.0 - self.p))
         return x * self.mask
 
-    def backward(self, grad: np.ndarray) -> np.ndarray:
+    def backward(self, grad: np.ndarray, need_input_grad: bool = True) -> np.ndarray:
         return grad if self.mask is None else grad * self.mask

@@ -12,8 +12,8 @@ from nntrain.nn.layers.base import Layer, Option, Shape, register, require_shape
 class Linear(Layer):
     """x: (N, in_features) -> y: (N, out_features). W is stored (in, out) so forward is one GEMM x @ W.
 
-    Backward: dW = xᵀ·g + λW, db = Σ_n g, dx = g·Wᵀ. With `skip_input_grad = True` (a first layer,
-    whose input needs no gradient, as PyTorch skips it) backward returns None instead of dx.
+    Backward: dW = xᵀ·g + λW, db = Σ_n g, dx = g·Wᵀ; with need_input_grad=False (a first layer, whose
+    input needs no gradient, as PyTorch skips it) it returns None instead of dx.
     """
 
     options = {
@@ -21,7 +21,6 @@ class Linear(Layer):
         **weight_options("add a learned bias"),
     }
     decayed = ("W",)
-    skip_input_grad = False
 
     def output_shape(self, input_shape: Shape) -> Shape:
         require_shape(self, input_shape, 1, "add {type: flatten} before it")
@@ -41,14 +40,14 @@ class Linear(Layer):
             y += self.params["b"]
         return y
 
-    def backward(self, grad: np.ndarray) -> np.ndarray | None:
+    def backward(self, grad: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         if getattr(self, "x", None) is None:
             raise self._no_cache()
         np.matmul(self.x.T, grad, out=self.grads["W"])
         if self.bias:
             np.sum(grad, axis=0, out=self.grads["b"])
         self.apply_weight_decay()
-        if self.skip_input_grad:
+        if not need_input_grad:
             return None
         return grad @ self.params["W"].T
 

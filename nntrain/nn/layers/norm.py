@@ -63,7 +63,7 @@ class BatchNorm(Layer):
         self.axes, self.bshape, self.m = axes, bshape, m
         return self.xhat * self.params["gamma"].reshape(bshape) + self.params["beta"].reshape(bshape)
 
-    def backward(self, grad: np.ndarray) -> np.ndarray:
+    def backward(self, grad: np.ndarray, need_input_grad: bool = True) -> np.ndarray:
         axes, bshape, xhat = self.axes, self.bshape, self.xhat
         dbeta = grad.sum(axis=axes)
         dgamma = (grad * xhat).sum(axis=axes)

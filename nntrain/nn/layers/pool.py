@@ -146,6 +146,7 @@ class MaxPool2D(_Pool2D):
     gradient to one element, the first maximum in row-major window order (PyTorch's choice on ties)."""
 
     pad_value = -np.inf
+    is_max_pool = True
 
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         xp, geom, cl, y = self._prepare(x, train)
@@ -181,7 +182,7 @@ class MaxPool2D(_Pool2D):
             self._geom = self._idx = None
         return y
 
-    def backward(self, grad: np.ndarray) -> np.ndarray:
+    def backward(self, grad: np.ndarray, need_input_grad: bool = True) -> np.ndarray:
         idx = self._idx if getattr(self, "_geom", None) is not None else None
 
         def contribution(o: int, g: np.ndarray, out: np.ndarray, s: slice) -> None:
@@ -213,7 +214,7 @@ class AvgPool2D(_Pool2D):
             self._geom = None
         return y
 
-    def backward(self, grad: np.ndarray) -> np.ndarray:
+    def backward(self, grad: np.ndarray, need_input_grad: bool = True) -> np.ndarray:
         if getattr(self, "_geom", None) is None:
             raise self._no_cache()
         share = grad * (1.0 / len(self._geom[2]))

@@ -20,5 +20,5 @@ class Flatten(Layer):
         self.shape = x.shape
         return x.reshape(x.shape[0], math.prod(x.shape[1:]))   # not -1: NumPy cannot infer it for 0 samples
 
-    def backward(self, grad: np.ndarray) -> np.ndarray:
+    def backward(self, grad: np.ndarray, need_input_grad: bool = True) -> np.ndarray:
         return grad.reshape(self.shape)
