@@ -43,6 +43,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from nntrain.data import dataset_info
 from nntrain.errors import ConfigError
 from nntrain.nn.losses import build_loss
 from nntrain.nn.model import Model, build_model
@@ -50,10 +51,6 @@ from nntrain.nn.model import Model, build_model
 _ULP = np.finfo(np.float64).eps
 _ROUNDING_ULPS = 64  # rounding error of the loss, in ulps of max(|f|, 1): see the module docstring
 _RETRY_STEPS = (10.0, 100.0)  # a failing entry is re-measured with eps / each of these (kink crossing)
-
-# Per-sample input shapes used when nntrain.data.dataset_info is not available.
-_INPUT_SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "mnist-mini": (1, 28, 28),
-                 "cifar10": (3, 32, 32)}
 
 
 @dataclass(frozen=True)
@@ -78,28 +75,12 @@ class GradcheckRow:
         return self.tensor if self.layer is None else f"{self.layer}.{self.tensor}"
 
 
-def dataset_input_shape(name: str) -> tuple[int, ...]:
-    """Per-sample input shape (C, H, W) of a dataset by config name; ConfigError if unknown."""
-    try:
-        from nntrain.data import dataset_info
-    except ImportError:
-        try:
-            from nntrain.data.registry import dataset_info
-        except ImportError:  # the data package is optional here: fall back to the table above
-            dataset_info = None
-    if dataset_info is not None:
-        return tuple(int(s) for s in dataset_info(name).input_shape)
-    if name not in _INPUT_SHAPES:
-        raise ConfigError(f"unknown dataset {name!r}; valid: {', '.join(_INPUT_SHAPES)}", "data.dataset")
-    return _INPUT_SHAPES[name]
-
-
 def config_input_shape(cfg: Mapping[str, Any]) -> tuple[int, ...]:
-    """Input shape for a loaded config: from `data.dataset`."""
+    """Per-sample input shape (C, H, W) for a loaded config, from its `data.dataset`; ConfigError if unknown."""
     data = cfg.get("data") or {}
     if not isinstance(data, Mapping) or "dataset" not in data:
         raise ConfigError("the config needs data.dataset to know the input shape", "data.dataset")
-    return dataset_input_shape(str(data["dataset"]))
+    return tuple(int(s) for s in dataset_info(str(data["dataset"])).input_shape)
 
 
 class _Objective:

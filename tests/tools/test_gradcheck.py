@@ -215,6 +215,19 @@ def test_gradcheck_config_builds_from_a_config_dict():
     assert [r.max_rel_error for r in again] == [r.max_rel_error for r in rows]  # reproducible
 
 
+def test_input_shape_comes_from_the_dataset_registry():
+    """The input shape is the dataset's (nntrain.data.dataset_info); an unknown dataset is a ConfigError
+    naming data.dataset, and so is a config without one."""
+    from nntrain.errors import ConfigError
+    from nntrain.tools.gradcheck import config_input_shape
+
+    assert config_input_shape({"data": {"dataset": "cifar10"}}) == (3, 32, 32)
+    assert config_input_shape({"data": {"dataset": "mnist-mini"}}) == (1, 28, 28)
+    for cfg in ({"data": {"dataset": "no-such-set"}}, {"data": {}}):
+        with pytest.raises(ConfigError, match="data.dataset"):
+            config_input_shape(cfg)
+
+
 def test_format_gradcheck_lists_every_tensor_and_the_verdict():
     rows = [GradcheckRow(None, "input", "input", 10, 10, 1e-9, (0,), 1e-6, True),
             GradcheckRow(0, "linear", "W", 200, 600, 3e-2, (1, 2), 1e-6, False)]
