@@ -37,6 +37,10 @@ class ReLU(Layer):
         split(self.workers, lambda s: np.multiply(grad[s], mask[s], out=dx[s]), len(grad), grad[:1].size)
         return dx
 
+    def kink_state(self) -> np.ndarray | None:
+        """[x > 0] of the last training forward."""
+        return getattr(self, "mask", None)
+
 
 @register("leaky_relu")
 class LeakyReLU(Layer):
@@ -51,6 +55,10 @@ class LeakyReLU(Layer):
 
     def backward(self, grad: np.ndarray, need_input_grad: bool = True) -> np.ndarray:
         return np.where(self._cached("mask"), grad, grad * grad.dtype.type(self.slope))
+
+    def kink_state(self) -> np.ndarray | None:
+        """[x > 0] of the last training forward."""
+        return getattr(self, "mask", None)
 
 
 @register("sigmoid")

@@ -111,6 +111,13 @@ class Layer:
         layer in training) lets a layer skip the dx work and return None; most ignore it."""
         raise NotImplementedError
 
+    def kink_state(self) -> np.ndarray | None:
+        """The discrete state of the last forward(train=True) where the layer is only piecewise smooth
+        (which side of each kink every element was on), None for a smooth layer. Two inputs with equal
+        states lie on the same smooth piece; gradcheck uses it to spot a finite difference crossing a
+        kink. The array is the layer's own: read it before the next forward, do not modify it."""
+        return None
+
     def _cached(self, name: str) -> Any:
         """The array forward(train=True) kept as `name`; RuntimeError (see _no_cache) when there is none."""
         value = getattr(self, name, None)

@@ -190,6 +190,10 @@ class MaxPool2D(_Pool2D):
 
         return self._grad_input(grad, contribution)
 
+    def kink_state(self) -> np.ndarray | None:
+        """The window offset of each output's first maximum, (N, C, OH, OW), from the last training forward."""
+        return getattr(self, "_idx", None)
+
 
 @register("avgpool2d")
 class AvgPool2D(_Pool2D):
