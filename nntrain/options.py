@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -112,12 +112,27 @@ class Option:
         raise AssertionError(f"unknown option kind {self.kind}")
 
 
+def plain(value: Any) -> Any:
+    """Plain YAML/JSON-able data: tuples become lists, NumPy scalars Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def closest(name: Any, names: Any) -> str:
+    """' (did you mean 'x'?)' for the closest of `names`, or ''."""
+    close = difflib.get_close_matches(str(name), list(names), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def unknown_key_message(key: str, valid: Any, where: str) -> str:
     """'unknown key X in WHERE (did you mean Y?); valid keys: ...'."""
     valid = sorted(valid)
-    close = difflib.get_close_matches(str(key), valid, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return f"unknown key '{key}' in {where}{hint}; valid keys: {', '.join(valid) if valid else 'none'}"
+    return f"unknown key '{key}' in {where}{closest(key, valid)}; valid keys: {', '.join(valid) if valid else 'none'}"
 
 
 def validate_options(options: Mapping[str, Option], given: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -135,43 +150,3 @@ def validate_options(options: Mapping[str, Option], given: Mapping[str, Any], wh
         else:  # defaults go through the same normalisation as given values (a pair default 1 -> (1, 1))
             values[key] = opt.default if opt.default is None else opt.validate(opt.default, key)
     return values
-
-
-def lookup_type(registry: Mapping[str, Any], name: Any, what: str, path: str) -> Any:
-    """registry[name] for a `type:` value, else a ConfigError at `path` listing the known types."""
-    if not isinstance(name, str) or name not in registry:
-        close = difflib.get_close_matches(str(name), list(registry), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"unknown {what} type {name!r}{hint}; known types: {', '.join(sorted(registry))}", path)
-    return registry[name]
-
-
-def split_typed_spec(spec: Any, registry: Mapping[str, type], section: str, what: str = "") -> tuple[type, dict]:
-    """`{type: name, **options}` -> (registry[name], options); ConfigError under `section` otherwise."""
-    if not isinstance(spec, Mapping):
-        raise ConfigError(f"expected a mapping with a 'type' key, got {spec!r}", section)
-    if "type" not in spec:
-        raise ConfigError(f"missing 'type'; known {what + ' ' if what else ''}types: {', '.join(sorted(registry))}",
-                          section)
-    cls = lookup_type(registry, spec["type"], what or section, f"{section}.type")
-    return cls, {k: v for k, v in spec.items() if k != "type"}
-
-
-T = TypeVar("T", bound=type)
-
-
-def registrar(registry: dict[str, Any], what: str) -> Callable[[str], Callable[[T], T]]:
-    """A class decorator factory for one registry: `@register("name")` sets `cls.type_name` and makes
-    the class available in YAML as `type: name` (registries are filled once at import time)."""
-
-    def register(name: str) -> Callable[[T], T]:
-        def wrap(cls: T) -> T:
-            if name in registry:
-                raise ValueError(f"{what} '{name}' registered twice")
-            cls.type_name = name
-            registry[name] = cls
-            return cls
-
-        return wrap
-
-    return register

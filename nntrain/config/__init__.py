@@ -17,7 +17,8 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from nntrain.config.overrides import apply_overrides_tracked
-from nntrain.config.schema import default_name, plain, validate
+from nntrain.config.schema import default_name, validate
+from nntrain.options import plain
 from nntrain.config.yamlsafe import parse_yaml, read_text
 from nntrain.errors import ConfigError
 

@@ -13,59 +13,37 @@ with no Python loop over images or pixels. Geometry uses the NumPy resampler in 
 
 from __future__ import annotations
 
-import difflib
 import logging
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from nntrain.data import affine
 from nntrain.errors import ConfigError
-from nntrain.options import Option, registrar, validate_options
+from nntrain.options import Option
+from nntrain.registry import Configurable, Registry
 
 log = logging.getLogger(__name__)
 
 
-class Augmentation:
-    """Base class: declares YAML `options` (validated on construction, then available as attributes)
-    and implements `apply(x, rng)` on a float batch (N, C, H, W), returning a new array."""
+class Augmentation(Configurable):
+    """Base class: declares YAML `options` (available as attributes) and implements `apply(x, rng)` on a
+    float batch (N, C, H, W), returning a new array."""
 
-    type_name: ClassVar[str] = ""
-    options: ClassVar[dict[str, Option]] = {}
-
-    def __init__(self, **opts: Any):
-        self.config: dict[str, Any] = self.validate(opts)
-        for key, value in self.config.items():
-            setattr(self, key, value)
-
-    @classmethod
-    def validate(cls, opts: dict[str, Any]) -> dict[str, Any]:
-        """Options checked (types, bounds, unknown keys, then `check`), defaults filled in. The config
-        loader calls this too, so a config is refused before any work starts."""
-        values = validate_options(cls.options, opts, f"augmentation '{cls.type_name}'")
-        cls.check(values)
-        return values
-
-    @classmethod
-    def check(cls, values: dict[str, Any]) -> None:
-        """Checks that span options; raise ConfigError with the offending option's name as path."""
+    def __init__(self, **options: Any):
+        self._set_options(options)   # resolved by AUGMENTATIONS: checked and complete
 
     def apply(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         raise NotImplementedError
 
-    def describe(self) -> str:
-        return f"{self.type_name}({', '.join(f'{k}={v}' for k, v in self.config.items())})"
 
 
-# YAML type name -> augmentation class; filled once at import time by @register, read-only after.
-AUGMENTATIONS: dict[str, type[Augmentation]] = {}
+# YAML type name -> augmentation class: `@AUGMENTATIONS.register("name")` makes it `type: name`.
+AUGMENTATIONS = Registry("augmentation")
 
 
-register = registrar(AUGMENTATIONS, "augmentation")  # @register("name") on a class makes it `type: name` in YAML
-
-
-@register("random_shift")
+@AUGMENTATIONS.register("random_shift")
 class RandomShift(Augmentation):
     """Move each image by whole pixels dx, dy drawn uniformly from [-max_pixels, max_pixels], zero fill."""
 
@@ -77,7 +55,7 @@ class RandomShift(Augmentation):
         return affine.shift(x, d[0], d[1], mode="nearest")
 
 
-@register("random_rotate")
+@AUGMENTATIONS.register("random_rotate")
 class RandomRotate(Augmentation):
     """Rotate each image about its centre by an angle drawn uniformly from [-degrees, degrees]
     (bilinear, zero fill)."""
@@ -90,7 +68,7 @@ class RandomRotate(Augmentation):
         return affine.rotate(x, angles)
 
 
-@register("random_scale")
+@AUGMENTATIONS.register("random_scale")
 class RandomScale(Augmentation):
     """Scale each image about its centre by a factor drawn uniformly from [min, max] (> 1 zooms in;
     bilinear, zero fill)."""
@@ -99,15 +77,16 @@ class RandomScale(Augmentation):
                "max": Option("float", default=1.1, minimum=0.1, maximum=10.0, doc="largest factor")}
 
     @classmethod
-    def check(cls, values: dict[str, Any]) -> None:
+    def check(cls, values: dict[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:
         if values["min"] > values["max"]:
             raise ConfigError(f"max ({values['max']}) must be >= min ({values['min']})", "max")
+        return values
 
     def apply(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return affine.scale(x, rng.uniform(self.min, self.max, size=len(x)))
 
 
-@register("random_crop")
+@AUGMENTATIONS.register("random_crop")
 class RandomCrop(Augmentation):
     """Pad each image with `padding` zero pixels on every side and crop a random window of the
     original size: out[n, :, i, j] = padded[n, :, i + oy_n, j + ox_n], oy, ox uniform in [0, 2·padding]."""
@@ -125,7 +104,7 @@ class RandomCrop(Augmentation):
         return padded[np.arange(n)[:, None, None, None], np.arange(x.shape[1])[None, :, None, None], rows, cols]
 
 
-@register("horizontal_flip")
+@AUGMENTATIONS.register("horizontal_flip")
 class HorizontalFlip(Augmentation):
     """Mirror each image left-right with probability p."""
 
@@ -136,7 +115,7 @@ class HorizontalFlip(Augmentation):
         return np.where(flip[:, None, None, None], x[..., ::-1], x)
 
 
-@register("gaussian_noise")
+@AUGMENTATIONS.register("gaussian_noise")
 class GaussianNoise(Augmentation):
     """Add N(0, std²) noise to every pixel, then clip to [0, 1]."""
 
@@ -146,7 +125,7 @@ class GaussianNoise(Augmentation):
         return affine.add_noise(x, self.std, rng, clip=(0.0, 1.0))
 
 
-@register("cutout")
+@AUGMENTATIONS.register("cutout")
 class Cutout(Augmentation):
     """With probability p, zero a size x size square (all channels) centred at a uniformly drawn pixel;
     the square is clipped at the image border (DeVries & Taylor, 2017)."""
@@ -187,42 +166,14 @@ class Augment:
         return "Augment(" + ", ".join(s.describe() for s in self.steps) + ")"
 
 
-def resolve_augment_specs(specs: Any, path: str = "data.augment") -> list[dict[str, Any]]:
-    """Validate a `data.augment` list; return each entry with defaults filled in (for the resolved
-    config). Errors are ConfigError with paths like `data.augment[1].degrees`."""
-    return [dict(type=s.type_name, **s.config) for s in _build_steps(specs, path)]
-
-
-def _build_steps(specs: Any, path: str) -> list[Augmentation]:
+def build_augment(specs: Any, path: str = "data.augment") -> Augment | None:
+    """The callable for a `data.augment` list (resolved or plain specs), or None when it is empty or absent."""
     if specs is None:
-        return []
+        return None
     if not isinstance(specs, (list, tuple)):
         raise ConfigError(f"expected a list of augmentations like [{{type: random_shift, max_pixels: 2}}], "
                           f"got {type(specs).__name__}", path)
-    steps = []
-    valid = ", ".join(sorted(AUGMENTATIONS))
-    for i, spec in enumerate(specs):
-        where = f"{path}[{i}]"
-        if not isinstance(spec, dict):
-            raise ConfigError(f"expected a mapping with a 'type' key (one of {valid}), got {spec!r}", where)
-        kind = spec.get("type")
-        if kind is None:
-            raise ConfigError(f"missing 'type' (one of {valid})", where)
-        if not isinstance(kind, str) or kind not in AUGMENTATIONS:
-            close = difflib.get_close_matches(str(kind), list(AUGMENTATIONS), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"unknown augmentation {kind!r}{hint}; valid types: {valid}", f"{where}.type")
-        opts = {k: v for k, v in spec.items() if k != "type"}
-        try:
-            steps.append(AUGMENTATIONS[kind](**opts))
-        except ConfigError as e:
-            raise e.located(prefix=where) from None
-    return steps
-
-
-def build_augment(specs: Any, path: str = "data.augment") -> Augment | None:
-    """The callable for a `data.augment` list, or None when the list is empty or absent."""
-    steps = _build_steps(specs, path)
+    steps = [AUGMENTATIONS.build(spec, path=f"{path}[{i}]") for i, spec in enumerate(specs)]
     return Augment(steps) if steps else None
 
 

@@ -20,8 +20,6 @@ from nntrain.errors import DataError
 
 log = logging.getLogger(__name__)
 
-CIFAR10_CLASSES: tuple[str, ...] = ("airplane", "automobile", "bird", "cat", "deer",
-                                    "dog", "frog", "horse", "ship", "truck")
 CIFAR10_URLS: tuple[str, ...] = ("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",)
 CIFAR10_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
 ARCHIVE_NAME = "cifar-10-binary.tar.gz"
@@ -76,21 +74,6 @@ def read_cifar_bin(path: str | Path, expected_records: int | None = None) -> Spl
     _check_labels(labels, path)
     images = np.ascontiguousarray(records[:, 1:]).reshape(-1, *IMAGE_SHAPE)
     return images, labels
-
-
-def read_class_names(folder: str | Path) -> list[str]:
-    """Class names from `batches.meta.txt` in `folder` (binary layout), else the standard CIFAR-10 names."""
-    txt = Path(folder) / "batches.meta.txt"
-    if not txt.is_file():
-        return list(CIFAR10_CLASSES)
-    try:
-        names = [ln.strip() for ln in txt.read_text(encoding="utf-8", errors="replace").splitlines()]
-    except OSError as e:
-        raise DataError(f"{txt}: cannot read ({e.strerror or e})") from e
-    names = [n for n in names if n]
-    if len(names) != NUM_CLASSES:
-        raise DataError(f"{txt}: lists {len(names)} class names, expected {NUM_CLASSES} (one per line)")
-    return names
 
 
 def _missing(folder: Path) -> list[str]:
@@ -163,10 +146,3 @@ def load_cifar10(root: str | Path, download: bool = False, progress: bool = True
                         f"{ARCHIVE_NAME} archive: {how}")
     raise DataError(f"CIFAR-10 not found under {root}: expected {bin_dir} with data_batch_1..5.bin and "
                     f"test_batch.bin (missing: {', '.join(missing)}); {how}")
-
-
-def cifar10_class_names(root: str | Path | None = None) -> list[str]:
-    """Class names for the copy under `root` (its batches.meta.txt) or the standard ones."""
-    if root is None:
-        return list(CIFAR10_CLASSES)
-    return read_class_names(Path(root) / BIN_DIR)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,23 +10,28 @@ from typing import Callable, Sequence
 import numpy as np
 
 from nntrain.errors import ConfigError, DataError
+from nntrain.options import closest
 
 DATA_ENV = "NNTRAIN_DATA"
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What a model needs to know about a dataset: per-sample input shape (C, H, W) and its classes.
+    """What the config, the model and the tools need to know about a dataset, in one table.
 
-    num_train / num_test: the sizes of the standard splits (for validating data.val_size early).
+    input_shape: per-sample (C, H, W); num_train / num_test: the sizes of the standard splits (for
+    checking data.val_size before loading); val_size: the default data.val_size; white_on_black:
+    bright strokes on a dark background (MNIST-style), so photographed ink on paper is inverted.
     """
 
     name: str
     input_shape: tuple[int, int, int]
     num_classes: int
     class_names: tuple[str, ...]
-    num_train: int | None = None
-    num_test: int | None = None
+    num_train: int
+    num_test: int
+    val_size: int = 5000
+    white_on_black: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,12 +74,15 @@ def _load_cifar10(root: Path, download: bool, progress: bool, mirrors) -> tuple:
 
 _DIGITS = tuple(str(d) for d in range(10))
 DATASETS: dict[str, tuple[DatasetInfo, Loader]] = {
-    "mnist": (DatasetInfo("mnist", (1, 28, 28), 10, _DIGITS, 60000, 10000), _load_mnist),
+    "mnist": (DatasetInfo("mnist", (1, 28, 28), 10, _DIGITS, 60000, 10000, white_on_black=True), _load_mnist),
     "fashion-mnist": (DatasetInfo("fashion-mnist", (1, 28, 28), 10,
                                   ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"), 60000, 10000),
+                                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"), 60000, 10000,
+                                  white_on_black=True),
                       _load_fashion),
-    "mnist-mini": (DatasetInfo("mnist-mini", (1, 28, 28), 10, _DIGITS, 5000, 1000), _load_mini),
+    # mnist-mini has only a few thousand training images: a smaller default validation split
+    "mnist-mini": (DatasetInfo("mnist-mini", (1, 28, 28), 10, _DIGITS, 5000, 1000, val_size=500,
+                               white_on_black=True), _load_mini),
     "cifar10": (DatasetInfo("cifar10", (3, 32, 32), 10,
                             ("airplane", "automobile", "bird", "cat", "deer",
                              "dog", "frog", "horse", "ship", "truck"), 50000, 10000), _load_cifar10),
@@ -85,10 +92,7 @@ DATASETS: dict[str, tuple[DatasetInfo, Loader]] = {
 def dataset_info(name: str) -> DatasetInfo:
     """The DatasetInfo of a dataset name; an unknown name is a ConfigError at `data.dataset` listing valid ones."""
     if not isinstance(name, str) or name not in DATASETS:
-        hint = ""
-        if isinstance(name, str):
-            close = difflib.get_close_matches(name.lower(), list(DATASETS), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = closest(name.lower(), DATASETS) if isinstance(name, str) else ""
         raise ConfigError(f"unknown dataset {name!r}{hint}; valid datasets: {', '.join(DATASETS)}",
                           path="data.dataset")
     return DATASETS[name][0]

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from nntrain.errors import ConfigError
+from nntrain.options import Option
+from nntrain.registry import Configurable, Registry
 
 _TINY = 1e-12  # probabilities are clipped here in softmax: false mode so log and 1/p stay finite
 
@@ -25,7 +26,12 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-class SoftmaxCrossEntropy:
+# YAML type name -> loss class: `@LOSSES.register("name")` makes it `type: name` in the loss section.
+LOSSES = Registry("loss")
+
+
+@LOSSES.register("softmax_cross_entropy")
+class SoftmaxCrossEntropy(Configurable):
     r"""Mean cross-entropy over the batch.
 
     softmax=True (default): input z are logits (N, K); L = -1/N Σ_n Σ_k t_nk log softmax(z_n)_k,
@@ -34,11 +40,14 @@ class SoftmaxCrossEntropy:
     dL/dp = -t / (N p), with p clipped at 1e-12 so both stay finite at p = 0.
     """
 
-    def __init__(self, softmax: bool = True, label_smoothing: float = 0.0):
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ConfigError(f"got {label_smoothing!r}, expected a number in [0, 1)", "loss.label_smoothing")
-        self.softmax = softmax
-        self.label_smoothing = float(label_smoothing)
+    options = {
+        "softmax": Option("bool", True, doc="false: the model outputs probabilities, not logits"),
+        "label_smoothing": Option("float", 0.0, minimum=0.0, maximum=1.0, exclusive_max=True,
+                                  doc="target = (1-ε)·onehot + ε/K"),
+    }
+
+    def __init__(self, **options: Any):
+        self._set_options(options)   # resolved by LOSSES: checked and complete
 
     def _targets(self, labels: np.ndarray, n: int, k: int, dtype: np.dtype) -> np.ndarray:
         labels = np.asarray(labels)
@@ -75,16 +84,6 @@ class SoftmaxCrossEntropy:
         return self.p
 
 
-LOSSES = {"softmax_cross_entropy": SoftmaxCrossEntropy}
-
-
-def build_loss(spec: dict[str, Any] | None) -> SoftmaxCrossEntropy:
-    """`{type: softmax_cross_entropy, softmax: true, label_smoothing: 0.0}` -> loss object."""
-    spec = dict(spec or {"type": "softmax_cross_entropy"})
-    kind = spec.pop("type", "softmax_cross_entropy")
-    if kind not in LOSSES:
-        raise ConfigError(f"unknown loss {kind!r}; valid: {', '.join(LOSSES)}", "loss.type")
-    for key in spec:
-        if key not in ("softmax", "label_smoothing"):
-            raise ConfigError(f"unknown key '{key}' in loss; valid keys: label_smoothing, softmax, type", f"loss.{key}")
-    return LOSSES[kind](**spec)
+def build_loss(spec: dict[str, Any] | None = None) -> SoftmaxCrossEntropy:
+    """`{type: softmax_cross_entropy, softmax: true, label_smoothing: 0.0}` -> loss object (None: the default)."""
+    return LOSSES.build(spec if spec is not None else {"type": "softmax_cross_entropy"}, path="loss")

@@ -9,17 +9,10 @@ import numpy as np
 
 from nntrain.nn.state import load_arrays_into
 from nntrain.errors import ConfigError
-from nntrain.nn.layers import layer_from_spec
+from nntrain.nn.layers import LAYERS
 from nntrain.nn.layers.base import Layer, Shape
 from nntrain.nn.parallel import Workers
-
-
-def model_rngs(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
-    """The two Generators a model draws from: weight init and run-time noise (dropout).
-
-    Separate streams derived from the one config seed, so adding dropout does not change the init.
-    """
-    return np.random.default_rng([seed, 0]), np.random.default_rng([seed, 1])
+from nntrain.rng import stream
 
 
 @dataclass(frozen=True)
@@ -175,20 +168,19 @@ def build_model(layers_spec: Sequence[Any], input_shape: Sequence[int], seed: in
                 dtype: Any = np.float32, threads: int | None = None) -> Model:
     """Build a model from YAML layer specs, inferring in_features / in_channels from `input_shape`.
 
-    layers_spec: list of `{type: ..., option: value}`; input_shape: per-sample, e.g. (1, 28, 28).
+    layers_spec: list of `{type: ..., option: value}` (resolved specs from the config are used as they
+    are; plain dicts are resolved first); input_shape: per-sample, e.g. (1, 28, 28).
     threads: element-wise worker threads (default: the BLAS thread count; results do not depend on it).
     Raises ConfigError / ShapeError with the key path (`model[3].kernel_size`).
     """
-    if isinstance(layers_spec, dict) and "layers" in layers_spec:  # accept a `model: {layers: [...]}` section
-        layers_spec = layers_spec["layers"]
     if not isinstance(layers_spec, (list, tuple)) or not layers_spec:
         raise ConfigError("the model must be a non-empty list of layers", "model")
-    init_rng, rng = model_rngs(seed)
+    init_rng, rng = stream(seed, "init"), stream(seed, "model")
     shape = tuple(int(s) for s in input_shape)
     layers = []
     for i, spec in enumerate(layers_spec):
         path = f"model[{i}]"
-        layer = layer_from_spec(spec, path)
+        layer = LAYERS.build(spec, path=path)
         try:
             shape = layer.build(shape, np.dtype(dtype), init_rng, rng)
         except ConfigError as e:

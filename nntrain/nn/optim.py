@@ -14,26 +14,24 @@ import numpy as np
 
 from nntrain.nn.state import load_arrays_into
 from nntrain.errors import CheckpointError, ConfigError
-from nntrain.options import Option, split_typed_spec, validate_options
+from nntrain.options import Option
+from nntrain.registry import Configurable, Registry
 
 ParamTriple = tuple[str, np.ndarray, np.ndarray]
 
 
-class Optimizer:
+class Optimizer(Configurable):
     """Base class: declared `options`, the current `lr`, named state arrays and a step counter.
 
     Subclasses set `state_names` (the per-parameter state arrays, each shaped like its param) and
     implement `_update(i, param, grad, scratch_a, scratch_b)` for one parameter.
     """
 
-    type_name: ClassVar[str] = ""
-    options: ClassVar[dict[str, Option]] = {}
     state_names: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, params: Sequence[ParamTriple], **opts: Any):
-        values = self.validate(opts)
-        self.config: dict[str, Any] = values
-        self.lr = values["lr"]
+    def __init__(self, params: Sequence[ParamTriple], **options: Any):
+        self.config: dict[str, Any] = dict(options)   # resolved by OPTIMIZERS: checked and complete
+        self.lr = options["lr"]
         self.steps = 0  # number of completed step() calls
         self.names: list[str] = []
         self.params: list[np.ndarray] = []
@@ -65,14 +63,6 @@ class Optimizer:
     @lr.setter
     def lr(self, value: float) -> None:
         self._lr = float(value)
-
-    @classmethod
-    def validate(cls, given: Mapping[str, Any]) -> dict[str, Any]:
-        """Options with defaults filled in; ConfigError (path = the key) for bad or inconsistent values."""
-        values = validate_options(cls.options, given, f"optimizer '{cls.type_name}'")
-        if not values["lr"] > 0:
-            raise ConfigError(f"got {values['lr']!r}, expected a learning rate > 0", "lr")
-        return values
 
     def _active_state(self) -> tuple[str, ...]:
         return self.state_names
@@ -110,17 +100,20 @@ class Optimizer:
         self.lr = float(lr)
 
 
+# YAML type name -> optimizer class: `@OPTIMIZERS.register("name")` makes it `type: name`.
+OPTIMIZERS = Registry("optimizer")
+
 _LR = Option("float", default=1e-3, minimum=0.0, exclusive_min=True, doc="learning rate (> 0)")
 _WD = Option("float", default=0.0, minimum=0.0, doc="L2 penalty added to the gradient: g + wd·p")
 
 
+@OPTIMIZERS.register("sgd")
 class SGD(Optimizer):
     """SGD with momentum, dampening, Nesterov and weight decay, as torch.optim.SGD:
 
     d = g + wd·p;  b = d (first step) else μ·b + (1−τ)·d;  d = d + μ·b (Nesterov) else b;  p −= lr·d.
     """
 
-    type_name = "sgd"
     options = {
         "lr": _LR,
         "momentum": Option("float", default=0.0, minimum=0.0, doc="momentum factor μ"),
@@ -131,8 +124,7 @@ class SGD(Optimizer):
     state_names = ("momentum",)
 
     @classmethod
-    def validate(cls, given: Mapping[str, Any]) -> dict[str, Any]:
-        values = super().validate(given)
+    def check(cls, values: dict[str, Any], context: Mapping[str, Any]) -> dict[str, Any]:
         if values["nesterov"] and (values["momentum"] <= 0 or values["dampening"] != 0):
             raise ConfigError("nesterov: true requires momentum > 0 and dampening 0 "
                               f"(got momentum {values['momentum']}, dampening {values['dampening']})", "nesterov")
@@ -169,6 +161,7 @@ class SGD(Optimizer):
         p -= tmp_a
 
 
+@OPTIMIZERS.register("adam")
 class Adam(Optimizer):
     """Adam as torch.optim.Adam (L2 weight decay added to the gradient):
 
@@ -176,7 +169,6 @@ class Adam(Optimizer):
     p −= lr/(1−β1ᵗ) · m / (√v / √(1−β2ᵗ) + eps).
     """
 
-    type_name = "adam"
     decoupled: ClassVar[bool] = False
     options = {
         "lr": _LR,
@@ -215,34 +207,16 @@ class Adam(Optimizer):
         p -= tmp_b
 
 
+@OPTIMIZERS.register("adamw")
 class AdamW(Adam):
     """AdamW as torch.optim.AdamW: Adam with decoupled weight decay p ← p·(1 − lr·wd) before the update."""
 
-    type_name = "adamw"
     decoupled = True
     options = {**Adam.options,
                "weight_decay": Option("float", default=0.01, minimum=0.0,
                                       doc="decoupled decay: p ← p·(1 − lr·wd)")}
 
 
-# The registry: YAML type name -> optimizer class. Read-only after import.
-OPTIMIZERS: dict[str, type[Optimizer]] = {cls.type_name: cls for cls in (SGD, Adam, AdamW)}
-
-
-def validate_optimizer_spec(spec: Any, section: str = "optimizer") -> dict[str, Any]:
-    """The `optimizer:` section checked and completed (`type` plus every option with its default).
-
-    Raises ConfigError with the key path, e.g. `optimizer.lr`.
-    """
-    cls, opts = split_typed_spec(spec, OPTIMIZERS, section)
-    try:
-        return {"type": cls.type_name, **cls.validate(opts)}
-    except ConfigError as e:
-        raise e.located(prefix=section) from None
-
-
 def build_optimizer(spec: Mapping[str, Any], params: Sequence[ParamTriple]) -> Optimizer:
-    """Build the optimizer `spec` = {type: sgd|adam|adamw, option: value} over `(name, param, grad)` triples."""
-    values = validate_optimizer_spec(spec)
-    cls = OPTIMIZERS[values.pop("type")]
-    return cls(list(params), **values)
+    """The optimizer of `spec` = {type: sgd|adam|adamw, option: value} over `(name, param, grad)` triples."""
+    return OPTIMIZERS.build(spec, list(params), path="optimizer")

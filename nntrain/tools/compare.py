@@ -148,10 +148,10 @@ def _describe_list(value: Any) -> str:
     parts = []
     for item in value:
         try:
-            from nntrain.nn.layers.base import REGISTRY, layer_from_spec
+            from nntrain.nn.layers import LAYERS
 
-            if isinstance(item, dict) and item.get("type") in REGISTRY:
-                parts.append(layer_from_spec(item).describe())
+            if isinstance(item, dict) and item.get("type") in LAYERS:
+                parts.append(LAYERS.build(item).describe())
                 continue
         except NNTrainError:
             pass

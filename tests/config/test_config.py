@@ -3,6 +3,7 @@ is valid; good configs resolve with every default and round-trip through dump_co
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import yaml
 
 from nntrain.config import apply_overrides, dump_config, load_config, validate_config
 from nntrain.errors import ConfigError, ShapeError
-from nntrain.nn.layers import REGISTRY
+from nntrain.nn.layers import LAYERS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -157,7 +158,6 @@ def test_there_are_at_least_thirty_distinct_bad_configs() -> None:
     assert len({text for _, text, _, _ in BAD}) >= 30
 
 
-@pytest.mark.skipif("dropout" not in REGISTRY, reason="dropout layer not registered")
 @pytest.mark.parametrize("p", ["1.0", "-0.1", "1.5", "half"])
 def test_dropout_p_outside_unit_interval(tmp_path: Path, p: str) -> None:
     text = sub("{type: relu}", f"{{type: dropout, p: {p}}}")
@@ -165,7 +165,6 @@ def test_dropout_p_outside_unit_interval(tmp_path: Path, p: str) -> None:
         load_config(write(tmp_path, text))
 
 
-@pytest.mark.skipif("conv2d" not in REGISTRY, reason="conv2d layer not registered")
 def test_conv_kernel_larger_than_input_is_a_shape_error(tmp_path: Path) -> None:
     text = sub("  - {type: flatten}\n", "  - {type: conv2d, out_channels: 4, kernel_size: 29}\n  - {type: flatten}\n")
     with pytest.raises(ShapeError) as info:
@@ -175,13 +174,12 @@ def test_conv_kernel_larger_than_input_is_a_shape_error(tmp_path: Path) -> None:
     assert "larger than" in info.value.message
 
 
-@pytest.mark.skipif("conv2d" not in REGISTRY, reason="conv2d layer not registered")
 def test_kernel_fits_after_a_pool_only_if_small_enough(tmp_path: Path) -> None:
     """Shapes are inferred layer by layer: a 15x15 kernel fits 28x28 but not the 14x14 after pooling."""
     model = ("  - {type: conv2d, out_channels: 4, kernel_size: 15, stride: 1, padding: 0}\n"
              "  - {type: flatten}\n")
     assert load_config(write(tmp_path, sub("  - {type: flatten}\n", model)))["model"][0]["kernel_size"] == [15, 15]
-    if "maxpool2d" in REGISTRY:
+    if "maxpool2d" in LAYERS:
         pooled = "  - {type: maxpool2d, kernel_size: 2}\n" + model
         with pytest.raises(ShapeError, match=r"model\[1\]\.kernel_size"):
             load_config(write(tmp_path, sub("  - {type: flatten}\n", pooled)))
@@ -254,7 +252,6 @@ def test_roundtrip_of_a_full_config(tmp_path: Path) -> None:
     _roundtrip(tmp_path, cfg)
 
 
-@pytest.mark.skipif("conv2d" not in REGISTRY or "maxpool2d" not in REGISTRY, reason="conv layers not registered")
 def test_roundtrip_of_a_cnn_with_pairs_dumped_as_lists(tmp_path: Path) -> None:
     model = ("  - {type: conv2d, out_channels: 8, kernel_size: 3, stride: 1, padding: [1, 1]}\n"
              "  - {type: relu}\n  - {type: maxpool2d, kernel_size: 2}\n  - {type: flatten}\n")
@@ -345,3 +342,29 @@ def test_invalid_value_from_override_names_the_override(tmp_path: Path, override
     assert info.value.path == path
     assert f"override '{override}'" in str(info.value)
     assert info.value.line is None  # the value is not on any line of the file
+
+
+def test_docs_config_md_is_the_generated_reference() -> None:
+    """docs/config.md is `nntrain print-config --explain`: every declared option is documented, and the
+    file cannot drift from the code (regenerate it with that command)."""
+    from nntrain.config.explain import explain
+    from nntrain.nn.optim import OPTIMIZERS
+
+    text = explain()
+    assert (REPO / "docs" / "config.md").read_text(encoding="utf-8") == text
+    for name, cls in [*LAYERS.items(), *OPTIMIZERS.items()]:
+        assert f"### `{name}`" in text
+        assert all(f"| `{key}`" in text for key in cls.options)
+    assert re.search(r"\| `train.early_stopping.patience` +\| int +\| `5` +\|", text)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_takes_a_one_epoch_smoke_run(path: Path, caplog) -> None:
+    """`-s train.epochs=1` is the first thing people try: it resolves for every shipped config (a warmup
+    longer than the run is shortened, with a warning that says so)."""
+    cfg = load_config(path, ["train.epochs=1"])
+    assert cfg["train"]["epochs"] == 1
+    if cfg["scheduler"] and "warmup_epochs" in cfg["scheduler"]:
+        assert cfg["scheduler"]["warmup_epochs"] == 0
+        if load_config(path)["scheduler"]["warmup_epochs"] > 0:
+            assert "warmup shortened to 0" in caplog.text

@@ -8,8 +8,7 @@ import pytest
 
 from conftest import png_size
 from nntrain.data import affine
-from nntrain.data.augment import (AUGMENTATIONS, Augment, Augmentation, augment_preview, build_augment,
-                                  resolve_augment_specs)
+from nntrain.data.augment import AUGMENTATIONS, Augment, Augmentation, augment_preview, build_augment
 from nntrain.errors import ConfigError
 from nntrain.options import Option
 
@@ -257,8 +256,8 @@ def test_cutout_zeroes_one_clipped_square_in_every_channel():
     ({"type": "cutout", "size": 0}, "size", ">= 1"),
     ({"type": "cutout", "p": -1}, "p", r"\[0.0, 1.0\]"),
     ({"type": "cutout", "sise": 4}, "sise", "unknown key 'sise'.*did you mean 'size'"),
-    ({"type": "random_rotat", "degrees": 3}, "type", "unknown augmentation 'random_rotat'.*'random_rotate'"),
-    ({"type": 7}, "type", "unknown augmentation 7"),
+    ({"type": "random_rotat", "degrees": 3}, "type", "unknown augmentation type 'random_rotat'.*'random_rotate'"),
+    ({"type": 7}, "type", "unknown augmentation type 7"),
     ({"degrees": 3}, "", "missing 'type'"),
 ])
 def test_bad_options_are_config_errors_with_key_paths(spec, path, message):
@@ -279,7 +278,7 @@ def test_augment_must_be_a_list_of_mappings(specs, path):
 
 
 def test_resolve_fills_defaults():
-    assert resolve_augment_specs([{"type": "random_scale"}, {"type": "cutout", "size": 4}]) == [
+    assert [AUGMENTATIONS.resolve(s, "data.augment[0]") for s in ({"type": "random_scale"}, {"type": "cutout", "size": 4})] == [
         {"type": "random_scale", "min": 0.9, "max": 1.1}, {"type": "cutout", "size": 4, "p": 1.0}]
 
 

@@ -18,8 +18,9 @@ import pytest
 
 from nntrain.data import cifar
 from nntrain.data.archive import safe_extract
-from nntrain.data.cifar import (ARCHIVE_NAME, BIN_DIR, CIFAR10_CLASSES, CIFAR10_MD5, PY_ARCHIVE_NAME, PY_DIR,
-                                cifar10_class_names, load_cifar10, read_cifar_bin, read_class_names)
+from nntrain.data import dataset_info
+from nntrain.data.cifar import (ARCHIVE_NAME, BIN_DIR, CIFAR10_MD5, PY_ARCHIVE_NAME, PY_DIR,
+                                load_cifar10, read_cifar_bin)
 from nntrain.errors import DataError
 
 BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
@@ -118,17 +119,6 @@ def test_missing_files_without_download_say_what_is_expected(tmp_path):
     assert ARCHIVE_NAME in msg and "data.download: true" in msg
 
 
-def test_class_names_from_meta_txt_or_defaults(tmp_path):
-    folder = write_bin(tmp_path, make_batches(1))
-    assert cifar10_class_names(tmp_path) == list(CIFAR10_CLASSES) == cifar10_class_names(None)
-    names = [f"c{i}" for i in range(10)]
-    (folder / "batches.meta.txt").write_text("\n".join(names) + "\n\n")
-    assert cifar10_class_names(tmp_path) == names
-    (folder / "batches.meta.txt").write_text("a\nb\n")
-    with pytest.raises(DataError, match="batches.meta.txt: lists 2 class names, expected 10"):
-        read_class_names(folder)
-
-
 # --- the Python layout: refused, never opened --------------------------------------------------------
 class _Hostile:
     """Pickles as a call of `func(*args)`: what a malicious file does."""
@@ -171,7 +161,6 @@ def test_python_layout_is_refused_with_how_to_get_the_binary_one(tmp_path, marke
     msg = str(e.value)
     assert str(found) in msg and "Python layout" in msg and "does not read" in msg
     assert str(root / BIN_DIR) in msg and ARCHIVE_NAME in msg and "data.download: true" in msg
-    assert cifar10_class_names(root) == list(CIFAR10_CLASSES)     # its batches.meta is not read either
     assert marker.exists()
 
 
@@ -283,7 +272,7 @@ def cifar_archive(path: Path, batches: dict, extra: list | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)       # as the real download() does
     members = [(info(BIN_DIR, tarfile.DIRTYPE), None)]
     members += [(info(f"{BIN_DIR}/{name}.bin"), bin_bytes(*xy)) for name, xy in batches.items()]
-    members += [(info(f"{BIN_DIR}/batches.meta.txt"), "\n".join(CIFAR10_CLASSES).encode()),
+    members += [(info(f"{BIN_DIR}/batches.meta.txt"), "\n".join(dataset_info("cifar10").class_names).encode()),
                 (info(f"{BIN_DIR}/readme.html"), b"<html>")]
     return make_tar(path, members + (extra or []))
 
@@ -350,5 +339,4 @@ def test_real_cifar10_binary_copy(real_cifar_root):
     assert np.bincount(yte, minlength=10).tolist() == [1000] * 10
     sample = xtr[::97].astype(np.float32)
     assert 100 < sample.mean() < 140 and sample.std() > 40   # natural images, not blank or noise-free
-    assert cifar10_class_names(real_cifar_root) == list(CIFAR10_CLASSES)
     assert seconds < 20

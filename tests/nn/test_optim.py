@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from nntrain.errors import CheckpointError, ConfigError
-from nntrain.nn.optim import OPTIMIZERS, build_optimizer, validate_optimizer_spec
+from nntrain.nn.optim import OPTIMIZERS, build_optimizer
 
 SHAPES = [(1,), (7,), (3, 4), (2, 3, 3, 2)]
 STEPS = 24
@@ -93,13 +93,13 @@ def test_defaults_match_torch():
     torch = pytest.importorskip("torch")
     p = [torch.zeros(2, requires_grad=True)]
     for name, cls in [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)]:
-        ours = validate_optimizer_spec({"type": name})
+        ours = OPTIMIZERS.resolve({"type": name}, "optimizer")
         theirs = cls(p).defaults
         for key, value in ours.items():
             if key != "type":
                 want = list(theirs[key]) if key == "betas" else theirs[key]
                 assert value == want, (name, key)
-    assert validate_optimizer_spec({"type": "adamw"})["weight_decay"] == 0.01
+    assert OPTIMIZERS.resolve({"type": "adamw"}, "optimizer")["weight_decay"] == 0.01
 
 
 @pytest.mark.parametrize("spec", CASES, ids=_ids)
@@ -203,7 +203,7 @@ def test_registry_and_declared_options():
     assert set(OPTIMIZERS) == {"sgd", "adam", "adamw"}
     for name, cls in OPTIMIZERS.items():
         assert cls.type_name == name and "lr" in cls.options
-    full = validate_optimizer_spec({"type": "sgd", "lr": 1})
+    full = OPTIMIZERS.resolve({"type": "sgd", "lr": 1}, "optimizer")
     assert full == {"type": "sgd", "lr": 1.0, "momentum": 0.0, "dampening": 0.0, "nesterov": False,
                     "weight_decay": 0.0}
     assert isinstance(full["lr"], float)

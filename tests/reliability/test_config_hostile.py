@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from nntrain.config import dump_config, load_config, validate_config
 from nntrain.config.yamlsafe import MAX_BYTES, MAX_DEPTH, MAX_NODES
 from nntrain.errors import ConfigError
-from nntrain.nn.layers import REGISTRY
+from nntrain.nn.layers import LAYERS
 
 pytestmark = pytest.mark.reliability
 
@@ -161,12 +161,14 @@ def test_unreadable_file(tmp_path: Path) -> None:
         load_config(path)
 
 
-def test_huge_layer_is_validated_without_allocating(tmp_path: Path) -> None:
-    """Validation infers shapes only: a 10^12-unit layer is a valid config, checked in no time."""
+def test_huge_layer_is_refused_without_allocating(tmp_path: Path) -> None:
+    """Validation infers shapes and parameter counts only: a 10^12-unit layer is refused in no time,
+    naming the layer and the bytes it needs, not blamed on the batch size later."""
     text = VALID.replace("{type: flatten}, ", "{type: flatten}, {type: linear, out_features: 1000000000000}, ")
     start = time.perf_counter()
-    cfg = load_bytes(tmp_path, text.encode())
-    assert cfg["model"][1]["out_features"] == 10**12
+    with pytest.raises(ConfigError, match=r"linear model\[1\] alone has 785,000,000,000,000 parameters") as e:
+        load_bytes(tmp_path, text.encode())
+    assert e.value.path == "model[1]" and "GB" in str(e.value) and "batch_size" not in str(e.value)
     assert time.perf_counter() - start < 2.0
 
 
@@ -198,7 +200,7 @@ def _augmentations() -> list[str]:
 def valid_configs(draw: st.DrawFn) -> dict[str, Any]:
     dataset = draw(st.sampled_from(["mnist", "fashion-mnist", "cifar10", "mnist-mini"]))
     model: list[dict[str, Any]] = []
-    if draw(st.booleans()) and "conv2d" in REGISTRY and "maxpool2d" in REGISTRY:
+    if draw(st.booleans()) and "conv2d" in LAYERS and "maxpool2d" in LAYERS:
         model += [{"type": "conv2d", "out_channels": draw(st.integers(1, 8)), "kernel_size": draw(st.integers(1, 5)),
                    "padding": draw(st.integers(0, 2))},
                   {"type": "relu"}, {"type": "maxpool2d", "kernel_size": draw(st.sampled_from([2, [2, 2], 3]))}]
@@ -206,7 +208,7 @@ def valid_configs(draw: st.DrawFn) -> dict[str, Any]:
     for _ in range(draw(st.integers(0, 2))):
         model.append({"type": "linear", "out_features": draw(st.integers(1, 64))})
         model.append({"type": draw(st.sampled_from(["relu", "tanh", "sigmoid"]))})
-        if "dropout" in REGISTRY and draw(st.booleans()):
+        if "dropout" in LAYERS and draw(st.booleans()):
             model.append({"type": "dropout", "p": draw(st.floats(0.0, 0.9))})
     model.append({"type": "linear", "out_features": 10, "weight_decay": draw(st.floats(0, 1e-2))})
     optimizer: dict[str, Any] = {"type": draw(st.sampled_from(["sgd", "adam", "adamw"])),

@@ -12,7 +12,7 @@ import yaml
 
 from nntrain import build_loss, build_model
 from nntrain.tools.gradcheck import GradcheckRow, format_gradcheck, gradcheck, gradcheck_config, gradcheck_failed
-from nntrain.nn.layers import REGISTRY, Layer
+from nntrain.nn.layers import LAYERS, Layer
 
 WD = 0.05  # weight decay on every layer that takes it, so dW += λW is checked too
 
@@ -57,12 +57,12 @@ def build_case(input_shape, layers, seed=0):
 def registered_cases(with_params_only=False):
     """(type, case index) for every registered type; only types that create parameters if asked."""
     return [pytest.param(name, i, id=f"{name}-{i}")
-            for name in sorted(REGISTRY) for i in range(len(LAYER_CASES.get(name, [])))
-            if not with_params_only or REGISTRY[name]._create is not Layer._create]
+            for name in sorted(LAYERS) for i in range(len(LAYER_CASES.get(name, [])))
+            if not with_params_only or LAYERS[name]._create is not Layer._create]
 
 
 def test_every_registered_layer_has_a_case():
-    missing = sorted(set(REGISTRY) - set(LAYER_CASES))
+    missing = sorted(set(LAYERS) - set(LAYER_CASES))
     assert not missing, f"add a gradcheck case to LAYER_CASES for: {missing}"
 
 
@@ -331,7 +331,7 @@ def test_format_gradcheck_lists_every_tensor_and_the_verdict():
 def test_input_gradient_is_checked_after_a_training_backward():
     """A training backward (need_input_grad=False: the first conv returns no dx) before the check does
     not keep gradcheck from computing and checking dL/dx in full."""
-    if "conv2d" not in REGISTRY:
+    if "conv2d" not in LAYERS:
         pytest.skip("conv2d not registered")
     model, x, labels = build_case((2, 5, 5), [{"type": "conv2d", "out_channels": 2, "kernel_size": 3}])
     loss = build_loss(None)

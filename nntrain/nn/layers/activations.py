@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from nntrain.nn.layers.base import Layer, Option, register, require_shape
+from nntrain.nn.layers.base import LAYERS, Layer, Option, require_shape
 from nntrain.nn.parallel import split
 
 
-@register("relu")
+@LAYERS.register("relu")
 class ReLU(Layer):
     """y = max(x, 0); dx = g · [x > 0] (the subgradient at 0 is 0, as in PyTorch).
 
@@ -42,7 +42,7 @@ class ReLU(Layer):
         return getattr(self, "mask", None)
 
 
-@register("leaky_relu")
+@LAYERS.register("leaky_relu")
 class LeakyReLU(Layer):
     """y = x if x > 0 else slope·x; dx = g if x > 0 else slope·g (PyTorch's F.leaky_relu)."""
 
@@ -61,7 +61,7 @@ class LeakyReLU(Layer):
         return getattr(self, "mask", None)
 
 
-@register("sigmoid")
+@LAYERS.register("sigmoid")
 class Sigmoid(Layer):
     """y = 1 / (1 + e^-x), computed from e = e^-|x| so that no exp overflows:
     y = 1/(1+e) for x >= 0, e/(1+e) for x < 0. dx = g·y·(1 - y)."""
@@ -78,7 +78,7 @@ class Sigmoid(Layer):
         return grad * y * (1 - y)
 
 
-@register("tanh")
+@LAYERS.register("tanh")
 class Tanh(Layer):
     """y = tanh(x); dx = g·(1 - y²)."""
 
@@ -92,7 +92,7 @@ class Tanh(Layer):
         return grad * (1 - y * y)
 
 
-@register("softmax")
+@LAYERS.register("softmax")
 class Softmax(Layer):
     """Row-wise softmax over features, x: (N, K) -> probabilities (N, K); for the report's
     `softmax: false` loss, which expects probabilities. y = exp(x - max) / Σ exp(x - max);
@@ -113,7 +113,7 @@ class Softmax(Layer):
         return y * (grad - (grad * y).sum(axis=1, keepdims=True))
 
 
-@register("gelu")
+@LAYERS.register("gelu")
 class GELU(Layer):
     """GELU as PyTorch's F.gelu. approximate: none (default) y = x·Φ(x) with Φ(x) = ½(1 + erf(x/√2)),
     dx = g·(Φ(x) + x·φ(x)); tanh: y = ½x(1 + tanh(u)), u = √(2/π)(x + 0.044715x³),

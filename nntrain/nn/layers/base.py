@@ -12,10 +12,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from nntrain.errors import ConfigError, ShapeError
+from nntrain.errors import ShapeError
 from nntrain.nn.initializers import INITS
-from nntrain.options import (Option, registrar, split_typed_spec, unknown_key_message,  # noqa: F401
-                             validate_options)
+from nntrain.options import Option
+from nntrain.registry import Configurable, Registry
 
 Shape = tuple[int, ...]
 
@@ -30,10 +30,10 @@ def weight_options(bias_doc: str) -> dict[str, Option]:
     }
 
 
-class Layer:
+class Layer(Configurable):
     """Base class of every layer.
 
-    Subclasses set `type_name` (via `@register`), declare `options`, and override `output_shape`,
+    Subclasses are registered in LAYERS (which sets `type_name`), declare `options`, and override `output_shape`,
     `build` (when they have parameters), `forward` and `backward`. `params` and `grads` have the same
     keys and shapes; `buffers` hold non-trained state saved in checkpoints (batchnorm statistics).
     `decayed` names the params that the per-layer `weight_decay` λ applies to (dW += λW).
@@ -59,18 +59,13 @@ class Layer:
       follows it, on the pool's smaller output, with the same outputs and gradients.
     """
 
-    type_name: ClassVar[str] = ""
-    options: ClassVar[dict[str, Option]] = {}
     decayed: ClassVar[tuple[str, ...]] = ()
     is_max_pool: ClassVar[bool] = False
     commutes_with_max: ClassVar[bool] = False
     workers: Any = None   # nntrain.nn.parallel.Workers or None; set by Model
 
-    def __init__(self, **opts: Any):
-        values = validate_options(self.options, opts, f"layer '{self.type_name}'")
-        self.config: dict[str, Any] = values
-        for key, v in values.items():
-            setattr(self, key, v)
+    def __init__(self, **options: Any):
+        self._set_options(options)   # resolved by LAYERS: checked and complete
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
         self.buffers: dict[str, np.ndarray] = {}
@@ -93,6 +88,11 @@ class Layer:
         self._create(self.input_shape, init_rng)
         self.rng = rng
         return out
+
+    def num_params(self, input_shape: Shape) -> int:
+        """Trainable values this layer will create for `input_shape`, known before anything is allocated
+        (the config refuses a model whose parameters cannot fit in memory)."""
+        return 0
 
     def _create(self, input_shape: Shape, init_rng: np.random.Generator) -> None:
         """Create params/grads/buffers; layers without parameters need not override this."""
@@ -147,32 +147,10 @@ class Layer:
         """Forward multiply-adds ×2 per sample, where known (for profiling); 0 if not counted."""
         return 0
 
-    def describe(self) -> str:
-        """Short text for summaries: type and the options that differ from their defaults."""
-        parts = [f"{k}={v}" for k, v in self.config.items()
-                 if self.options[k].required or v != self.options[k].default]
-        return f"{self.type_name}({', '.join(parts)})"
 
 
-# The registry: YAML type name -> layer class. Filled once at import time by @register; read-only after.
-REGISTRY: dict[str, type[Layer]] = {}
-
-
-register = registrar(REGISTRY, "layer type")  # @register("name") on a class makes it `type: name` in YAML
-
-
-def layer_from_spec(spec: Any, path: str = "layer") -> Layer:
-    """Create an (unbuilt) layer from a YAML spec `{type: conv2d, out_channels: 32, ...}`.
-
-    Errors carry the key path, e.g. `model[3].kernel_size`.
-    """
-    if not isinstance(spec, dict):
-        raise ConfigError(f"a layer must be a mapping with a 'type' key, got {spec!r}", path)
-    cls, opts = split_typed_spec(spec, REGISTRY, path, "layer")
-    try:
-        return cls(**opts)
-    except ConfigError as e:
-        raise e.located(prefix=path) from None
+# YAML type name -> layer class: `@LAYERS.register("name")` on a class makes it `type: name` in a config.
+LAYERS = Registry("layer")
 
 
 def require_shape(layer: Layer, input_shape: Shape, ndim: int, hint: str) -> None:

@@ -23,7 +23,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from nntrain.errors import ShapeError
 from nntrain.nn.initializers import initialize
-from nntrain.nn.layers.base import Layer, Option, Shape, register, require_shape, weight_options
+from nntrain.nn.layers.base import LAYERS, Layer, Option, Shape, require_shape, weight_options
 from nntrain.nn.parallel import chunks
 
 
@@ -101,7 +101,7 @@ def samples_per_chunk(n: int, sample_bytes: int) -> int:
     return max(1, -(-n // count)) if n else 1
 
 
-@register("conv2d")
+@LAYERS.register("conv2d")
 class Conv2D(Layer):
     """x: (N, C, H, W) -> y: (N, O, OH, OW), y = b + Σ_{c,a,b} W[o, c, a, b] · xpad[n, c, i·sh + a, j·sw + b].
 
@@ -122,6 +122,10 @@ class Conv2D(Layer):
 
     def output_shape(self, input_shape: Shape) -> Shape:
         return (self.out_channels, *window_output_hw(self, input_shape, " or more padding"))
+
+    def num_params(self, input_shape: Shape) -> int:
+        kh, kw = self.kernel_size
+        return self.out_channels * (input_shape[0] * kh * kw + (1 if self.bias else 0))
 
     def _create(self, input_shape: Shape, init_rng: np.random.Generator) -> None:
         c = input_shape[0]

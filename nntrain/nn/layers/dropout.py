@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from nntrain.nn.layers.base import Layer, Option, register
+from nntrain.nn.layers.base import LAYERS, Layer, Option
 
 
-@register("dropout")
+@LAYERS.register("dropout")
 class Dropout(Layer):
     """Train: y = x·m with m = [u >= p]/(1-p), u ~ U[0, 1) drawn from the model's Generator
     (`self.rng`); dx = g·m. Eval: y = x, dx = g. Any input shape."""

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from nntrain.nn.initializers import initialize
-from nntrain.nn.layers.base import Layer, Option, Shape, register, require_shape, weight_options
+from nntrain.nn.layers.base import LAYERS, Layer, Option, Shape, require_shape, weight_options
 
 
-@register("linear")
+@LAYERS.register("linear")
 class Linear(Layer):
     """x: (N, in_features) -> y: (N, out_features). W is stored (in, out) so forward is one GEMM x @ W.
 
@@ -25,6 +25,9 @@ class Linear(Layer):
     def output_shape(self, input_shape: Shape) -> Shape:
         require_shape(self, input_shape, 1, "add {type: flatten} before it")
         return (self.out_features,)
+
+    def num_params(self, input_shape: Shape) -> int:
+        return input_shape[0] * self.out_features + (self.out_features if self.bias else 0)
 
     def _create(self, input_shape: Shape, init_rng: np.random.Generator) -> None:
         fan_in = input_shape[0]

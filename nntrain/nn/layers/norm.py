@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from nntrain.errors import ShapeError
-from nntrain.nn.layers.base import Layer, Option, Shape, register
+from nntrain.nn.layers.base import LAYERS, Layer, Option, Shape
 
 
-@register("batchnorm")
+@LAYERS.register("batchnorm")
 class BatchNorm(Layer):
     """Per-feature (or per-channel) normalisation: y = γ·x̂ + β, x̂ = (x - μ)/√(σ² + eps).
 
@@ -28,6 +28,9 @@ class BatchNorm(Layer):
             raise ShapeError(f"batchnorm takes a per-sample shape (features,) or (C, H, W), got "
                              f"{tuple(input_shape)}")
         return tuple(input_shape)
+
+    def num_params(self, input_shape: Shape) -> int:
+        return 2 * input_shape[0]   # gamma and beta (the running statistics are buffers)
 
     def _create(self, input_shape: Shape, init_rng: np.random.Generator) -> None:
         c = input_shape[0]

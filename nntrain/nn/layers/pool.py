@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from nntrain.errors import ConfigError
-from nntrain.nn.layers.base import Layer, Option, Shape, register
+from nntrain.nn.layers.base import LAYERS, Layer, Option, Shape
 from nntrain.nn.layers.conv import conv_output_size, window_output_hw
 from nntrain.nn.parallel import split
 
@@ -52,14 +52,19 @@ class _Pool2D(Layer):
     }
     pad_value = 0.0
 
-    def __init__(self, **opts: Any):
-        super().__init__(**opts)
-        if self.stride is None:
-            self.stride = self.kernel_size
-        (kh, kw), (ph, pw) = self.kernel_size, self.padding
+    @classmethod
+    def check(cls, values: dict[str, Any], context: Any) -> dict[str, Any]:
+        """Padding at most half the kernel (as PyTorch requires)."""
+        (kh, kw), (ph, pw) = values["kernel_size"], values["padding"]
         if 2 * ph > kh or 2 * pw > kw:
             raise ConfigError(f"padding {ph},{pw} is more than half the kernel {kh}x{kw}; "
                               f"use padding of at most {kh // 2},{kw // 2}", "padding")
+        return values
+
+    def __init__(self, **opts: Any):
+        super().__init__(**opts)
+        if self.stride is None:   # null: windows side by side (the resolved config keeps the null)
+            self.stride = self.kernel_size
         self._xp: np.ndarray | None = None
 
     def output_shape(self, input_shape: Shape) -> Shape:
@@ -140,7 +145,7 @@ class _Pool2D(Layer):
         return dxp[:, :, ph:ph + h, pw:pw + w]
 
 
-@register("maxpool2d")
+@LAYERS.register("maxpool2d")
 class MaxPool2D(_Pool2D):
     """y[n, c, i, j] = max over the window (padding counts as -inf); backward routes each window's
     gradient to one element, the first maximum in row-major window order (PyTorch's choice on ties)."""
@@ -195,7 +200,7 @@ class MaxPool2D(_Pool2D):
         return getattr(self, "_idx", None)
 
 
-@register("avgpool2d")
+@LAYERS.register("avgpool2d")
 class AvgPool2D(_Pool2D):
     """y = mean over the window, padding counted as zeros in the divisor kh·kw (PyTorch's default
     count_include_pad=True); backward spreads g / (kh·kw) over each window."""

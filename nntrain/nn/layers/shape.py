@@ -6,10 +6,10 @@ import math
 
 import numpy as np
 
-from nntrain.nn.layers.base import Layer, Shape, register
+from nntrain.nn.layers.base import LAYERS, Layer, Shape
 
 
-@register("flatten")
+@LAYERS.register("flatten")
 class Flatten(Layer):
     """x: (N, C, H, W) -> (N, C·H·W), row-major (PyTorch's order), so checkpoints match its layout."""
 
