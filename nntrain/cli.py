@@ -124,11 +124,13 @@ set_option = click.option("-s", "--set", "overrides", multiple=True, metavar="KE
 
 
 @cli.command(epilog=EPILOG_TRAIN)
-@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("config", type=click.Path(dir_okay=False), required=False)
 @set_option
 @click.option("--resume", type=click.Path(file_okay=False), default=None,
-              help="Continue the run in this folder from its checkpoints/last.npz.")
-@click.option("--force", is_flag=True, help="With --resume: continue even if CONFIG differs from the run's config.")
+              help="Continue the run in this folder from its checkpoints/last.npz (CONFIG is then optional).")
+@click.option("--force", is_flag=True,
+              help="With --resume: continue with the values of CONFIG or -s where they differ from the run's "
+                   "(recorded in its config.yaml and log).")
 @click.option("--run-dir", type=click.Path(file_okay=False), default=None, help="Folder for this run.")
 @click.option("--init-from", type=click.Path(dir_okay=False), default=None,
               help="Start from the weights of this checkpoint (fresh optimizer state).")
@@ -136,69 +138,71 @@ set_option = click.option("-s", "--set", "overrides", multiple=True, metavar="KE
 @click.option("--show-augment", is_flag=True,
               help="Only write the augmentation preview (<name>-augment.png here) and exit, like augment-preview.")
 @handle_errors
-def train(config: str, overrides: tuple[str, ...], resume: str | None, force: bool, run_dir: str | None,
+def train(config: str | None, overrides: tuple[str, ...], resume: str | None, force: bool, run_dir: str | None,
           init_from: str | None, progress: bool | None, show_augment: bool = False) -> None:
-    """Train the model described by CONFIG; prints the run folder."""
-    from nntrain.training.trainer import Trainer, train as run_training
+    """Train the model described by CONFIG, or continue a run with --resume; prints the run folder."""
+    from nntrain.training.runner import resume_config, train as run_training
 
-    cfg = _load(config, overrides)
+    forced: list[str] = []
+    if resume and (init_from or run_dir):
+        raise click.UsageError("--resume continues a run in its own folder from its own weights: it takes no "
+                               "--run-dir or --init-from")
+    if resume:
+        wanted = None
+        if config is not None:
+            wanted = _load(config, overrides)
+        elif overrides:
+            wanted = _with_overrides(resume_config(resume)[0], overrides)
+        cfg, forced = resume_config(resume, wanted, force)
+    elif config is None:
+        raise click.UsageError("give a CONFIG to train, or --resume RUN_DIR to continue a run")
+    else:
+        cfg = _load(config, overrides)
     if show_augment:
         from nntrain.tools.preview import write_augment_preview
 
         click.echo(str(write_augment_preview(cfg)))
         return
-    if resume:
-        _check_resume_config(cfg, Path(resume), force)
 
-    def announce(trainer: Trainer) -> None:
-        click.echo(trainer.model.summary(), err=True)
-        click.echo(f"run folder: {trainer.run_dir}", err=True)
+    def announce(trainer: Any, folder: Any) -> None:
+        click.echo(trainer.parts.model.summary(), err=True)
+        click.echo(f"run folder: {folder}", err=True)
 
-    folder, summary = run_training(cfg, run_dir=run_dir, resume=resume, init_from=init_from, progress=progress,
-                                   on_start=announce)
+    folder, summary = run_training(cfg, run_dir=run_dir, resume=resume, forced=forced, init_from=init_from,
+                                   progress=progress, on_start=announce)
     click.echo(f"test accuracy {summary['test_acc']:.4f} (loss {summary['test_loss']:.4f}) "
                f"from {summary['checkpoint']}", err=True)
     click.echo(str(folder))
 
 
-def _check_resume_config(cfg: dict, folder: Path, force: bool) -> None:
-    """Refuse to resume a run with a different config (unless --force): the result would not be that run."""
-    from nntrain.config import load_config
-    from nntrain.errors import NNTrainError
+def _with_overrides(cfg: dict, overrides: tuple[str, ...]) -> dict:
+    """A resolved config with `-s` overrides applied and resolved again."""
+    from nntrain.config import apply_overrides, validate_config
 
-    saved_path = folder / "config.yaml"
-    if not saved_path.exists():
-        raise NNTrainError(f"cannot resume {folder}: it has no config.yaml (is it a run folder?)")
-    saved = load_config(saved_path)
-    diffs = _diff(saved, cfg)
-    diffs = [d for d in diffs if d != "name"]
-    if diffs and not force:
-        raise NNTrainError(f"cannot resume {folder}: the config differs from the run's own config at "
-                           f"{', '.join(diffs[:8])}; pass --force to continue anyway, or train a new run")
-
-
-def _diff(a: Any, b: Any, path: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += _diff(a.get(k), b.get(k), f"{path}.{k}" if path else str(k))
-        return out
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _diff(x, y, f"{path}[{i}]")]
-    return [] if a == b else [path or "(root)"]
+    return validate_config(apply_overrides(cfg, overrides))
 
 
 @cli.command("print-config")
-@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("config", type=click.Path(dir_okay=False), required=False)
 @set_option
+@click.option("--explain", is_flag=True,
+              help="Print the reference of every config key (type, default, range, meaning) instead.")
 @handle_errors
-def print_config(config: str, overrides: tuple[str, ...]) -> None:
+def print_config(config: str | None, overrides: tuple[str, ...], explain: bool) -> None:
     """Print CONFIG fully resolved: every default filled in, overrides applied.
 
     \b
-    Example:
+    Examples:
       nntrain print-config configs/cnn.yaml -s train.epochs=3
+      nntrain print-config --explain     every key of every section, layer, optimizer and schedule
     """
+    if explain:
+        from nntrain.config.explain import explain as reference
+
+        click.echo(reference(), nl=False)
+        return
+    if config is None:
+        raise click.UsageError("give a CONFIG to print, or --explain for the reference of every key")
     from nntrain.config import dump_config
 
     click.echo(dump_config(_load(config, overrides)), nl=False)

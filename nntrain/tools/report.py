@@ -17,6 +17,8 @@ from nntrain.atomic import atomic_write_text
 from nntrain.errors import ConfigError
 from nntrain.training.evaluate import Evaluation, evaluate
 from nntrain.nn.losses import build_loss
+from nntrain.data.prepare import prepare
+from nntrain.rng import stream
 from nntrain.tables import format_table
 from nntrain.training.run_folder import LoadedRun
 
@@ -24,20 +26,11 @@ log = logging.getLogger("nntrain")
 
 
 def split_images(run: LoadedRun, split: str, data_root: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """The uint8 images and labels of `split` (test | val | train), reproducing the run's own split."""
-    from nntrain.data import load_dataset, split_validation
-
-    d = run.cfg["data"]
-    ds = load_dataset(d["dataset"], root=data_root or d.get("root"), download=d.get("download", True))
-    if split == "test":
-        return ds.test_images, ds.test_labels
-    tr_x, tr_y, va_x, va_y = split_validation(ds.train_images, ds.train_labels, d["val_size"],
-                                              np.random.default_rng([run.cfg["seed"], 2]))
-    if split == "val":
-        if len(va_y) == 0:
-            raise ConfigError("this run has no validation split (data.val_size is 0); use --split test", "--split")
-        return va_x, va_y
-    return tr_x, tr_y
+    """The uint8 images and labels of `split` (test | val | train): the very split the run trained with."""
+    data = prepare(run.cfg["data"], int(run.cfg["seed"]), root=data_root)
+    if split == "val" and len(data.val_y) == 0:
+        raise ConfigError("this run has no validation split (data.val_size is 0); use --split test", "--split")
+    return data.split(split)
 
 
 @dataclass
@@ -131,7 +124,7 @@ def evaluate_run(run: LoadedRun, split: str = "test", batch_size: int = 256, dat
 
         rows = []
         for level in levels:
-            rng = np.random.default_rng([seed, 7])
+            rng = stream(seed, "perturb")
             transform = perturbation(kind, level, rng)
             acc = evaluate(run.model, loss, images, labels, batch_size, run.mean, run.std, transform).accuracy
             rows.append((float(level), acc))

@@ -1,4 +1,8 @@
-"""Finding and loading trained runs: a run folder or a checkpoint file copied anywhere.
+"""The run folder: every path in it, in one place; creating one for a new run; finding and loading a
+trained run from a run folder or a checkpoint file copied anywhere.
+
+    runs/<name>-<YYYYmmdd-HHMMSS>/
+      config.yaml  metrics.csv  log.txt  test.json  checkpoints/{last,best}.npz  plots/  eval/
 
 A checkpoint carries its own resolved config, dataset name and normalisation statistics, so a model
 can be rebuilt from the file alone.
@@ -6,14 +10,71 @@ can be rebuilt from the file alone.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from nntrain.training.checkpoint import Checkpoint, load_checkpoint
-from nntrain.errors import CheckpointError
+from nntrain.atomic import WriteError, create_unique_dir
+from nntrain.errors import CheckpointError, NNTrainError
 from nntrain.nn.model import Model, build_model
+from nntrain.training.checkpoint import Checkpoint, load_checkpoint
+
+
+class RunFolder:
+    """The paths of one run folder (nothing is created until `create` or `new`)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    config = property(lambda self: self.path / "config.yaml", doc="the resolved config")
+    metrics = property(lambda self: self.path / "metrics.csv", doc="one row per epoch")
+    log = property(lambda self: self.path / "log.txt", doc="what training logged")
+    test = property(lambda self: self.path / "test.json", doc="the final test-set result")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    last = property(lambda self: self.checkpoints / "last.npz", doc="where training continues from")
+    best = property(lambda self: self.checkpoints / "best.npz", doc="the best epoch by the checkpoint monitor")
+    plots = property(lambda self: self.path / "plots")
+    eval = property(lambda self: self.path / "eval", doc="results of `nntrain eval`")
+
+    @classmethod
+    def new(cls, name: str, base: str | os.PathLike = "runs") -> RunFolder:
+        """A fresh `base/<name>-<timestamp>` folder, never shared by two runs started in the same second."""
+        return cls(create_unique_dir(base, name))
+
+    @classmethod
+    def create(cls, path: str | os.PathLike) -> RunFolder:
+        """A run folder at `path` (a --run-dir), which must not exist or be empty."""
+        folder = cls(path)
+        if folder.path.exists() and (not folder.path.is_dir() or any(folder.path.iterdir())):
+            raise NNTrainError(f"run folder {folder.path} already exists and is not empty; choose another "
+                               "--run-dir or use --resume to continue it")
+        try:
+            folder.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise WriteError(f"cannot create the run folder {folder.path}: {e.strerror or e}") from e
+        return folder
+
+    @classmethod
+    def existing(cls, path: str | os.PathLike) -> RunFolder:
+        """The run folder at `path`, to resume: it must hold checkpoints/last.npz."""
+        folder = cls(path)
+        if not folder.last.exists():
+            raise CheckpointError(f"cannot resume from {folder.path}: it has no checkpoints/last.npz "
+                                  "(is it a run folder made by nntrain train?)")
+        return folder
+
+    def make_dirs(self) -> None:
+        """checkpoints/ and plots/ (config.yaml and the rest are files written atomically)."""
+        for d in (self.checkpoints, self.plots):
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise WriteError(f"cannot create {d}: {e.strerror or e}") from e
 
 
 @dataclass
@@ -33,8 +94,8 @@ def find_checkpoint(target: str | Path) -> tuple[Path, Path]:
     """RUN_DIR -> its checkpoints/best.npz (else last.npz); a file -> itself. Returns (checkpoint, out_dir)."""
     target = Path(target)
     if target.is_dir():
-        for name in ("best.npz", "last.npz"):
-            path = target / "checkpoints" / name
+        folder = RunFolder(target)
+        for path in (folder.best, folder.last):
             if path.exists():
                 return path, target
         raise CheckpointError(f"{target} holds no checkpoints/best.npz or checkpoints/last.npz: "

@@ -271,6 +271,9 @@ COMMANDS = ("eval", "init-from", "resume")
 def _expect(kind: str, command: str) -> str | None:
     if kind == "other-architecture" and command == "eval":
         return None  # a self-consistent checkpoint of another model: eval rebuilds that model and works
+    if kind == "other-architecture" and command == "resume":
+        # the checkpoint's embedded config is the truth: CONFIG no longer matches the run
+        return "the config differs from the run's own config at model[1].out_features"
     if kind == "directory" and command == "init-from":
         return "is a directory"  # click's own check of the --init-from path
     if kind == "directory" and command == "eval":

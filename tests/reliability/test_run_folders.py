@@ -16,7 +16,7 @@ import yaml
 import nntrain.atomic as atomic_mod
 from conftest import write_config
 from nntrain.training.checkpoint import load_checkpoint
-from nntrain.training.trainer import create_run_dir
+from nntrain.training.run_folder import RunFolder
 from test_checkpoints import invoke, make_data_root, small_config
 
 pytestmark = pytest.mark.reliability
@@ -42,7 +42,7 @@ def test_same_second_in_threads(tmp_path, monkeypatch):
 
     def start():
         barrier.wait()
-        path = create_run_dir("exp", tmp_path / "runs")
+        path = RunFolder.new("exp", tmp_path / "runs").path
         with lock:
             made.append(path)
 
@@ -57,12 +57,12 @@ def test_same_second_in_threads(tmp_path, monkeypatch):
 
 
 def test_same_second_in_processes(tmp_path):
-    code = ("import sys, datetime as d, nntrain.training.trainer as t, nntrain.atomic as a\n"
+    code = ("import sys, datetime as d, nntrain.training.run_folder as t, nntrain.atomic as a\n"
             "class C(d.datetime):\n"
             "    @classmethod\n"
             "    def now(cls, tz=None): return d.datetime(2026, 1, 2, 3, 4, 5)\n"
             "a.datetime = C\n"
-            "print(t.create_run_dir('exp', sys.argv[1]))\n")
+            "print(t.RunFolder.new('exp', sys.argv[1]))\n")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "runs")], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(6)]
     outs = [p.communicate(timeout=120) for p in procs]
@@ -129,16 +129,59 @@ def test_resume_with_force_continues(tmp_path, finished):
     assert code == 0, out
     assert load_checkpoint(run / "checkpoints" / "last.npz").meta["epoch"] == 3
     assert len((run / "metrics.csv").read_text().splitlines()) == 4
+    # the forced change is the run's config now: in config.yaml, the checkpoint and the log
+    assert "epochs: 3" in (run / "config.yaml").read_text()
+    assert load_checkpoint(run / "checkpoints" / "last.npz").meta["config"]["train"]["epochs"] == 3
+    assert "--force: continuing with the changed train.epochs" in (run / "log.txt").read_text()
 
 
-def test_resume_of_a_folder_without_config_is_refused(tmp_path, finished):
+def test_resume_needs_only_the_run_folder(tmp_path, finished):
+    """`train --resume RUN` without CONFIG; -s with --force changes the run, without it is refused."""
     import shutil
 
     run = tmp_path / "run"
     shutil.copytree(finished["run"], run)
-    (run / "config.yaml").unlink()
-    code, out = invoke("train", finished["cfg_path"], "--resume", run, "--no-progress")
-    assert code == 2 and "no config.yaml" in out, out
+    code, out = invoke("train", "--resume", run, "-s", "train.epochs=3", "--no-progress")
+    assert code == 2 and "train.epochs" in out and "--force" in out, out
+    code, out = invoke("train", "--resume", run, "-s", "train.epochs=3", "--force", "--no-progress")
+    assert code == 0, out
+    assert load_checkpoint(run / "checkpoints" / "last.npz").meta["epoch"] == 3
+    assert "resumed at epoch 3, batch 0" in (run / "log.txt").read_text()
+    code, out = invoke("train", "--resume", run, "--no-progress")
+    assert code == 0, out
+    assert "is complete (3 epochs)" in (run / "log.txt").read_text()
+    code, out = invoke("train", "--no-progress")
+    assert code == 2 and "--resume" in out, out
+
+
+@pytest.mark.parametrize("damage", ["deleted", "edited"])
+def test_resume_trusts_the_checkpoint_config_and_restores_config_yaml(tmp_path, finished, damage):
+    """The checkpoint's embedded config is the truth: a deleted or edited config.yaml neither blocks nor
+    steers a resume; it is written back as the run has it, with a warning."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished["run"], run)
+    original = (run / "config.yaml").read_text()
+    if damage == "deleted":
+        (run / "config.yaml").unlink()
+    else:
+        (run / "config.yaml").write_text(original.replace("epochs: 2", "epochs: 50"))
+    code, out = invoke("train", "--resume", run, "--no-progress")
+    assert code == 0, out
+    assert (run / "config.yaml").read_text() == original
+    assert f"was {'missing' if damage == 'deleted' else 'edited'}; rewritten" in (run / "log.txt").read_text()
+    assert load_checkpoint(run / "checkpoints" / "last.npz").meta["epoch"] == 2
+
+
+def test_resume_without_a_checkpoint_is_refused(tmp_path, finished):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished["run"], run)
+    (run / "checkpoints" / "last.npz").unlink()
+    code, out = invoke("train", "--resume", run, "--no-progress")
+    assert code == 2 and "no checkpoints/last.npz" in out, out
 
 
 def test_resuming_a_finished_run_is_harmless(tmp_path, finished):

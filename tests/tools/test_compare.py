@@ -18,7 +18,7 @@ from nntrain.tools.compare import compare_runs, config_differences, flatten_conf
 def two_runs(tmp_path_factory) -> tuple[Path, Path]:
     """Two one-epoch tiny runs that differ only in optimizer.lr; the first also has eval robustness figures."""
     from nntrain.config import load_config
-    from nntrain.training.trainer import train
+    from nntrain.training.runner import train
 
     tmp = tmp_path_factory.mktemp("compare")
     folders = []

@@ -24,7 +24,7 @@ def trained(tmp_path_factory):
     from nntrain.training.evaluate import evaluate
     from nntrain.nn.losses import build_loss
     from nntrain.training.run_folder import load_run
-    from nntrain.training.trainer import train
+    from nntrain.training.runner import train
 
     tmp = tmp_path_factory.mktemp("predict")
     cfg = load_config(write_config(tmp / "tiny.yaml", tiny_config(train={"epochs": 1, "batch_size": 64})))

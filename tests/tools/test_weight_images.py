@@ -79,7 +79,7 @@ def test_models_with_neither_figure_write_nothing(tmp_path):
 
 def test_eval_writes_the_weights_figure_of_an_mlp_run(tmp_path):
     from nntrain.config import load_config
-    from nntrain.training.trainer import train
+    from nntrain.training.runner import train
 
     cfg = write_config(tmp_path / "tiny.yaml", tiny_config(train={"epochs": 1, "batch_size": 64}))
     run = tmp_path / "run"

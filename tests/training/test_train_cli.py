@@ -142,7 +142,7 @@ def test_help_shows_examples() -> None:
 
 def test_training_from_the_library(tmp_path: Path) -> None:
     import nntrain
-    from nntrain.training.trainer import train
+    from nntrain.training.runner import train
 
     cfg = nntrain.load_config(write_config(tmp_path / "c.yaml", tiny_config()), overrides=["train.epochs=1"])
     folder, summary = train(cfg, run_dir=tmp_path / "lib-run", progress=False)
@@ -150,3 +150,11 @@ def test_training_from_the_library(tmp_path: Path) -> None:
     assert 0.5 < summary["test_acc"] <= 1.0
     assert "epoch 1/1" in (folder / "log.txt").read_text()
     assert len(read_metrics(folder)) == 1
+
+
+def test_epoch_seconds_have_two_significant_digits():
+    """A fast epoch is not printed as 0.0s; a slow one not in exponent form."""
+    from nntrain.training.trainer import format_seconds
+
+    assert [format_seconds(s) for s in (0.0042, 0.049, 0.85, 17.36, 63.65, 640.2)] == [
+        "0.0042", "0.049", "0.85", "17", "64", "640"]

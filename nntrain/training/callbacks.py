@@ -1,0 +1,125 @@
+"""Callbacks: what happens at the end of an epoch, kept out of the training loop (as Keras does).
+
+The trainer calls every callback in order after each epoch with the epoch's metrics; one that returns
+True asks the run to stop (early stopping, a pruned hyperparameter trial). Callbacks with state (the
+early-stopping count) save it in every checkpoint, so a resumed run decides exactly as an
+uninterrupted one. The trainer's own list ends with `Checkpoints` then `MetricsLog`: a stop decided
+earlier in the list is already part of the checkpoint, and metrics.csv never runs ahead of last.npz
+by more than the epoch being written.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from typing import TYPE_CHECKING, Any, Mapping
+
+from nntrain.atomic import atomic_write_text
+from nntrain.monitor import Monitor
+from nntrain.training.checkpoint import save_checkpoint
+
+if TYPE_CHECKING:   # only for type hints: the trainer imports this module
+    from nntrain.training.run_folder import RunFolder
+    from nntrain.training.trainer import Trainer
+
+log = logging.getLogger("nntrain")
+
+METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds")
+
+
+class Callback:
+    """Hooks around training. `name` keys the callback's state in checkpoints."""
+
+    name = ""
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        """Called once before the first epoch (also on a resumed run)."""
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: Mapping[str, float]) -> bool:
+        """`epoch`: 1-based number of the epoch just finished; `metrics`: its row (lr, train_loss, ...).
+        Return True to stop the run after this epoch."""
+        return False
+
+    def on_interrupt(self, trainer: Trainer) -> None:
+        """Ctrl-C or SIGTERM inside an epoch: the run's position is about to be lost unless saved."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore `state_dict()` output (from a checkpoint: check what you read)."""
+
+
+class EarlyStopping(Callback):
+    """Stop once `monitor` has not improved by more than `min_delta` for `patience` epochs."""
+
+    name = "early_stopping"
+
+    def __init__(self, monitor: str, patience: int, mode: str = "auto", min_delta: float = 0.0):
+        self.tracker = Monitor(monitor, mode, min_delta)
+        self.patience = patience
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: Mapping[str, float]) -> bool:
+        self.tracker.update(metrics[self.tracker.metric], epoch)
+        if self.tracker.bad_epochs >= self.patience:
+            log.info("early stopping: %s has not improved for %d epochs (best %.4g at epoch %s)",
+                     self.tracker.metric, self.tracker.bad_epochs, self.tracker.best, self.tracker.best_epoch)
+            return True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.tracker.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.tracker.load_state_dict(state, "early stopping")
+
+
+class Checkpoints(Callback):
+    """best.npz whenever `monitor` improves, then last.npz, after every epoch; last.npz on an interrupt."""
+
+    name = "checkpoints"
+
+    def __init__(self, folder: RunFolder, monitor: str):
+        self.folder = folder
+        self.best = Monitor(monitor)
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: Mapping[str, float]) -> bool:
+        value = metrics.get(self.best.metric)
+        if value is not None and self.best.update(value, epoch):
+            save_checkpoint(self.folder.best, trainer.snapshot())
+        save_checkpoint(self.folder.last, trainer.snapshot())
+        return False
+
+    def on_interrupt(self, trainer: Trainer) -> None:
+        save_checkpoint(self.folder.last, trainer.snapshot())
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.best.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best.load_state_dict(state, "best-checkpoint")
+
+
+class MetricsLog(Callback):
+    """metrics.csv (one row per epoch, rewritten whole and atomically) and the loss/accuracy curves."""
+
+    name = "metrics"
+
+    def __init__(self, folder: RunFolder):
+        self.folder = folder
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: Mapping[str, float]) -> bool:
+        self.write(trainer.state.history)
+        return False
+
+    def write(self, history: list[dict]) -> None:
+        from nntrain.training.plots import plot_curves   # matplotlib: loaded when the first epoch ends
+
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, lineterminator="\n", extrasaction="ignore")
+        w.writeheader()
+        for r in history:
+            w.writerow({k: ("" if r.get(k) is None else r[k]) for k in METRIC_COLUMNS})
+        atomic_write_text(self.folder.metrics, buf.getvalue())
+        plot_curves(history, self.folder.plots)
