@@ -17,9 +17,17 @@ _EXPORTS = {
     "build_optimizer": "nntrain.nn.optim", "build_scheduler": "nntrain.nn.schedulers",
     "NNTrainError": "nntrain.errors", "ConfigError": "nntrain.errors", "ShapeError": "nntrain.errors",
     "DataError": "nntrain.errors", "CheckpointError": "nntrain.errors", "NumericalError": "nntrain.errors",
+    "train": "nntrain.training.runner", "Trainer": "nntrain.training.trainer",
+    "Callback": "nntrain.training.callbacks", "load_run": "nntrain.training.run_folder",
+    "LAYERS": "nntrain.nn.layers", "Layer": "nntrain.nn.layers", "OPTIMIZERS": "nntrain.nn.optim",
+    "SCHEDULERS": "nntrain.nn.schedulers", "LOSSES": "nntrain.nn.losses",
 }
 
 __all__ = sorted(_EXPORTS)
+
+
+def __dir__() -> list[str]:
+    return [*__all__, "__version__"]
 
 
 def __getattr__(name: str) -> Any:
