@@ -13,6 +13,7 @@ from nntrain.nn.layers import LAYERS
 from nntrain.nn.layers.base import Layer, Shape
 from nntrain.nn.parallel import Workers
 from nntrain.rng import stream
+from nntrain.tables import format_table, rule_for
 
 
 @dataclass(frozen=True)
@@ -150,18 +151,14 @@ class Model:
 
     def summary(self) -> str:
         """Keras-style table: layer, output shape, parameter count."""
-        rows = [("#", "layer", "output shape", "params"), ("", "input", str(self.input_shape), "")]
+        rows = [("", "input", str(self.input_shape), "")]
         for i, (layer, shape) in enumerate(zip(self.layers, self.shapes)):
-            rows.append((str(i), layer.describe(), str(shape), f"{sum(p.size for p in layer.params.values()):,}"))
-        widths = [max(len(r[c]) for r in rows) for c in range(4)]
-        line = "-" * (sum(widths) + 6)
-        out = [line]
-        for k, r in enumerate(rows):
-            out.append("  ".join(c.ljust(w) if j < 3 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
-            if k == 0:
-                out.append(line)
-        out += [line, f"total parameters: {self.num_params():,}  ({self.dtype.name})"]
-        return "\n".join(out)
+            rows.append((i, layer.describe(), str(shape), f"{sum(p.size for p in layer.params.values()):,}"))
+        table = format_table(("#", "layer", "output shape", "params"), rows, align="rllr", rule=True)
+        line = rule_for(table)
+        return "\n".join([line, table, line, f"total parameters: {self.num_params():,}  ({self.dtype.name})"])
+
+    __str__ = summary
 
 
 def build_model(layers_spec: Sequence[Any], input_shape: Sequence[int], seed: int = 0,
