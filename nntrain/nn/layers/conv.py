@@ -18,6 +18,8 @@ pixels or channels. Buffers (xp, per-thread columns and col2im products) are reu
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -87,6 +89,57 @@ SHARE_ABOVE = 1 << 20
 SHARE_CHUNKS = 4
 
 
+def col2im(d: np.ndarray, dx: np.ndarray, kernel: Sequence[int], stride: Sequence[int],
+           padding: Sequence[int]) -> None:
+    """dx (S, H, W, C) = Σ over kernel offsets of d (kh·kw, S·OH·OW, C) added at the pixels each lands on."""
+    n, h, w, c = dx.shape
+    (ph, pw), (kh, kw), (sh, sw) = padding, kernel, stride
+    oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
+    d = d.reshape(kh, kw, n, oh, ow, c)
+    rows = [_landing(a, sh, ph, oh, h) for a in range(kh)]
+    cols = [_landing(b, sw, pw, ow, w) for b in range(kw)]
+    full = (slice(0, oh), slice(0, h, 1)), (slice(0, ow), slice(0, w, 1))
+    centre = (ph, pw) if ((sh, sw) == (1, 1) and ph < kh and pw < kw and (rows[ph], cols[pw]) == full) else None
+    if centre is not None:   # the centre offset covers every pixel once: it starts the sum
+        np.copyto(dx, d[ph, pw])
+    else:
+        dx.fill(0)
+    for a, (src_i, dst_i) in enumerate(rows):
+        for b, (src_j, dst_j) in enumerate(cols):
+            if (a, b) != centre and src_i.stop > src_i.start and src_j.stop > src_j.start:
+                dx[:, dst_i, dst_j, :] += d[a, b, :, src_i, src_j, :]
+
+
+class Scratch:
+    """Per-thread-slot scratch arrays reused across chunks and batches (conv's columns and col2im
+    products), so the hot loop allocates nothing once the shapes are known."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[tuple, np.ndarray] = {}
+
+    def __contains__(self, key: tuple) -> bool:
+        return key in self._arrays
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        return self._arrays[key]
+
+    def buffer(self, name: str, slot: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """Array `name` of thread slot `slot`, at least `shape` large (contents undefined)."""
+        size = int(np.prod(shape))
+        buf = self._arrays.get((name, slot))
+        if buf is None or buf.size < size or buf.dtype != dtype:
+            buf = self._arrays[(name, slot)] = np.empty(size, dtype=dtype)
+        return buf[:size].reshape(shape)
+
+    def zero_bordered(self, name: str, slot: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """Array `name` of slot `slot` of exactly `shape`, zeros where it was never written (the border
+        that backward's padded gradient leaves alone); made anew only when shape or dtype change."""
+        buf = self._arrays.get((name, slot))
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = self._arrays[(name, slot)] = np.zeros(shape, dtype=dtype)
+        return buf
+
+
 def samples_per_chunk(n: int, sample_bytes: int) -> int:
     """Samples per column chunk for a batch of n whose columns take sample_bytes per sample: at most
     CHUNK_BYTES of columns, at least SHARE_CHUNKS chunks for a large batch, and chunks of (nearly)
@@ -137,7 +190,7 @@ class Conv2D(Layer):
             self.add_param("b", np.zeros(o))
         self._planar = c <= PLANAR_MAX_CHANNELS   # column layout, see _columns
         self._xp: np.ndarray | None = None   # padded input, reused across batches of one shape
-        self._scratch: dict[tuple, np.ndarray] = {}   # per-thread column and col2im buffers
+        self._scratch = Scratch()   # per-thread column and col2im buffers
 
     def _padded(self, x: np.ndarray, planar: bool, train: bool) -> np.ndarray:
         """A zero-bordered buffer for x padded: (C, N, Hp, Wp) planar, else (N, Hp, Wp, C); only its interior
@@ -153,22 +206,6 @@ class Conv2D(Layer):
         if train:
             self._xp = xp
         return xp
-
-    def _buffer(self, name: str, slot: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """Scratch array `name` of thread slot `slot`, at least `shape` large, reused across chunks and batches."""
-        size = int(np.prod(shape))
-        buf = self._scratch.get((name, slot))
-        if buf is None or buf.size < size or buf.dtype != dtype:
-            buf = self._scratch[(name, slot)] = np.empty(size, dtype=dtype)
-        return buf[:size].reshape(shape)
-
-    def _zero_bordered(self, slot: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """Thread slot `slot`'s buffer of exactly `shape`, zeros where it was never written (the border
-        that backward's padded gradient leaves alone); made anew only when shape or dtype change."""
-        buf = self._scratch.get(("padded_grad", slot))
-        if buf is None or buf.shape != shape or buf.dtype != dtype:
-            buf = self._scratch[("padded_grad", slot)] = np.zeros(shape, dtype=dtype)
-        return buf
 
     def _columns(self, xp: np.ndarray, s: slice, out_hw: tuple[int, int], slot: int) -> np.ndarray:
         """Columns of samples s of the padded input, in thread slot `slot`'s buffer.
@@ -187,7 +224,7 @@ class Conv2D(Layer):
         k = kh * kw * c
         rows = (s.stop - s.start) * oh * ow
         kb = k + (1 if self.bias else 0)
-        cols = self._buffer("cols", slot, (kb, rows) if planar else (rows, kb), xp.dtype)
+        cols = self._scratch.buffer("cols", slot, (kb, rows) if planar else (rows, kb), xp.dtype)
         if planar:
             planes = cols[:k].reshape(kh, kw, c, s.stop - s.start, oh, ow)
             for a in range(kh):
@@ -275,14 +312,15 @@ class Conv2D(Layer):
             if skip:
                 return
             if transposed:
-                gp = self._zero_bordered(slot, (per, oh + 2 * qh, ow + 2 * qw, o), g.dtype)[:s.stop - s.start]
+                gp = self._scratch.zero_bordered("padded_grad", slot, (per, oh + 2 * qh, ow + 2 * qw, o),
+                                                 g.dtype)[:s.stop - s.start]
                 gp[:, qh:qh + oh, qw:qw + ow, :] = gs.reshape(-1, oh, ow, o)
-                gcols = self._buffer("gcols", slot, (len(gp) * h * w, kh * kw * o), g.dtype)
+                gcols = self._scratch.buffer("gcols", slot, (len(gp) * h * w, kh * kw * o), g.dtype)
                 np.copyto(gcols.reshape(len(gp), h, w, kh, kw, o), window_view(gp, (kh, kw), (1, 1), (h, w)))
                 np.matmul(gcols, wf, out=dx[s].reshape(-1, c))
             else:
-                d = np.matmul(gs, wb, out=self._buffer("d", slot, (kh * kw, len(gs), c), dx.dtype))
-                self._col2im(d, dx[s])
+                d = np.matmul(gs, wb, out=self._scratch.buffer("d", slot, (kh * kw, len(gs), c), dx.dtype))
+                col2im(d, dx[s], self.kernel_size, self.stride, self.padding)
 
         chunks(self.workers, work, n, per)
         gw = parts.sum(axis=0)   # zeros for an empty batch
@@ -293,25 +331,6 @@ class Conv2D(Layer):
         if skip:
             return None
         return dx.transpose(0, 3, 1, 2)
-
-    def _col2im(self, d: np.ndarray, dx: np.ndarray) -> None:
-        """dx (S, H, W, C) = Σ over kernel offsets of d (kh·kw, S·OH·OW, C) added at the pixels each lands on."""
-        n, h, w, c = dx.shape
-        (ph, pw), (kh, kw), (sh, sw) = self.padding, self.kernel_size, self.stride
-        oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
-        d = d.reshape(kh, kw, n, oh, ow, c)
-        rows = [_landing(a, sh, ph, oh, h) for a in range(kh)]
-        cols = [_landing(b, sw, pw, ow, w) for b in range(kw)]
-        full = (slice(0, oh), slice(0, h, 1)), (slice(0, ow), slice(0, w, 1))
-        centre = (ph, pw) if ((sh, sw) == (1, 1) and ph < kh and pw < kw and (rows[ph], cols[pw]) == full) else None
-        if centre is not None:   # the centre offset covers every pixel once: it starts the sum
-            np.copyto(dx, d[ph, pw])
-        else:
-            dx.fill(0)
-        for a, (src_i, dst_i) in enumerate(rows):
-            for b, (src_j, dst_j) in enumerate(cols):
-                if (a, b) != centre and src_i.stop > src_i.start and src_j.stop > src_j.start:
-                    dx[:, dst_i, dst_j, :] += d[a, b, :, src_i, src_j, :]
 
     def flops(self, input_shape: Shape) -> int:
         c = input_shape[0]
