@@ -46,8 +46,13 @@ class Configurable:
     def describe(self) -> str:
         """`type(option=value, ...)` with the options that are required or differ from their default."""
         parts = [f"{k}={v}" for k, v in self.config.items()
-                 if k in self.options and (self.options[k].required or v != self.options[k].default)]
+                 if k in self.options and (self.options[k].required or plain(v) != _default(self.options[k], k))]
         return f"{self.type_name}({', '.join(parts)})"
+
+
+def _default(option: Option, key: str) -> Any:
+    """An option's default in resolved form (a pair default 1 is [1, 1])."""
+    return plain(option.default if option.default is None else option.validate(option.default, key))
 
 
 class Spec(dict):

@@ -51,6 +51,8 @@ from nntrain.data import dataset_info
 from nntrain.errors import ConfigError
 from nntrain.nn.losses import build_loss
 from nntrain.nn.model import Model, build_model
+from nntrain.rng import stream
+from nntrain.tables import format_table
 
 _ULP = np.finfo(np.float64).eps
 _ROUNDING_ULPS = 64  # rounding error of the loss, in ulps of max(|f|, 1): see the module docstring
@@ -242,7 +244,7 @@ def gradcheck_config(cfg: Mapping[str, Any], full: bool = False, batch_size: int
     if len(model.output_shape) != 1:
         raise ConfigError(f"the model's output must be class scores of shape (classes,), "
                           f"got {model.output_shape}; end it with a linear layer", "model")
-    rng = np.random.default_rng([seed, 101])  # the check's own stream (model uses [seed, 0], [seed, 1])
+    rng = stream(seed, "gradcheck")  # the check's own stream, apart from the model's init and noise
     x = rng.standard_normal((batch_size, *input_shape))
     labels = rng.integers(0, model.output_shape[0], size=batch_size)
     return gradcheck(model, loss, x, labels, samples=samples, full=full, rng=rng)
@@ -256,15 +258,10 @@ def gradcheck_failed(rows: Sequence[GradcheckRow]) -> list[GradcheckRow]:
 def format_gradcheck(rows: Sequence[GradcheckRow]) -> str:
     """Table: layer, type, tensor, entries checked, entries skipped at kinks, max relative error,
     pass/FAIL; then a verdict line."""
-    table = [("layer", "type", "tensor", "checked", "kinks", "max rel. error", "result")]
-    for r in rows:
-        table.append(("-" if r.layer is None else str(r.layer), r.layer_type, r.tensor,
-                      f"{r.checked}/{r.size}", str(r.kinks), f"{r.max_rel_error:.2e}", "pass" if r.passed else "FAIL"))
-    widths = [max(len(t[c]) for t in table) for c in range(len(table[0]))]
-    right = {0, 3, 4, 5}
-    lines = ["  ".join(c.rjust(w) if j in right else c.ljust(w) for j, (c, w) in enumerate(zip(t, widths))).rstrip()
-             for t in table]
-    lines.insert(1, "-" * len(lines[0]))
+    lines = [format_table(
+        ("layer", "type", "tensor", "checked", "kinks", "max rel. error", "result"),
+        [("-" if r.layer is None else r.layer, r.layer_type, r.tensor, f"{r.checked}/{r.size}", r.kinks,
+          f"{r.max_rel_error:.2e}", "pass" if r.passed else "FAIL") for r in rows], align="rllrrrl", rule=True)]
     bad = gradcheck_failed(rows)
     tol = rows[0].tol if rows else 0.0
     kinks = sum(r.kinks for r in rows)

@@ -21,9 +21,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from nntrain.tools.gradcheck import config_input_shape
 from nntrain.nn.losses import build_loss
 from nntrain.nn.model import Model, build_model
+from nntrain.rng import stream
+from nntrain.tables import format_table, rule_for
+from nntrain.tools.gradcheck import config_input_shape
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 class ProfileRow:
     """Median timing of one stage per batch.
 
-    name: "3 conv2d(out_channels=64, ...)" for a layer, "loss" or "optimizer"; `layer` the index
+    name: "conv2d(out_channels=64, ...)" for a layer, "loss" or "optimizer"; `layer` the index
     (None for loss/optimizer); the optimizer step's time is in `backward_ms` (its forward_ms is 0); `share` the percentage of the summed total of all rows;
     `forward_gflops` / `backward_gflops` None where the FLOP count is unknown; `batch_size` the N timed.
     """
@@ -117,7 +119,7 @@ def profile_model(model: Model, loss: Any, x: np.ndarray, labels: np.ndarray, ba
         flops = n * layer.flops(shape)
         out = model.shapes[k]
         note = " (runs after the pool)" if k in moved else ""
-        stages.append((f"{k} {layer.describe()}{note}", k, out, ms(fwd[k]), ms(bwd[k]), flops,
+        stages.append((f"{layer.describe()}{note}", k, out, ms(fwd[k]), ms(bwd[k]), flops,
                        flops if k in skips_dx else 2 * flops))
         shape = out
     stages.append(("loss", None, None, ms(fwd[n_layers]), ms(bwd[n_layers]), 0, 0))
@@ -147,7 +149,7 @@ def profile_config(cfg: Mapping[str, Any], batches: int = 10, batch_size: int | 
     if cfg.get("optimizer"):
         from nntrain.nn.optim import build_optimizer  # only needed when the config has an optimizer
         optimizer = build_optimizer(cfg["optimizer"], list(model.parameters()))
-    rng = np.random.default_rng([seed, 102])
+    rng = stream(seed, "timing")
     x = rng.standard_normal((batch_size, *input_shape)).astype(np.float32)
     labels = rng.integers(0, model.output_shape[0], size=batch_size)
     log.debug("profiling %d batches of %d (after %d warm-up)", batches, batch_size, warmup)
@@ -161,19 +163,16 @@ def format_profile(rows: Sequence[ProfileRow], batch_size: int | None = None) ->
     def num(v: float | None, fmt: str) -> str:
         return "-" if v is None else format(v, fmt)
 
-    table = [("layer", "output", "fwd ms", "bwd ms", "total ms", "share", "fwd GFLOP/s", "bwd GFLOP/s")]
-    for r in rows:
-        table.append((r.name, "" if r.output_shape is None else "x".join(map(str, r.output_shape)),
-                      f"{r.forward_ms:.3f}", f"{r.backward_ms:.3f}", f"{r.total_ms:.3f}", f"{r.share:.1f}%",
-                      num(r.forward_gflops, ".1f"), num(r.backward_gflops, ".1f")))
-    widths = [max(len(t[c]) for t in table) for c in range(len(table[0]))]
-    lines = ["  ".join(c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in enumerate(zip(t, widths))).rstrip()
-             for t in table]
-    rule = "-" * max(len(s) for s in lines)
-    lines.insert(1, rule)
+    table = format_table(
+        ("#", "layer", "output", "fwd ms", "bwd ms", "total ms", "share", "fwd GFLOP/s", "bwd GFLOP/s"),
+        [("" if r.layer is None else r.layer, r.name,
+          "" if r.output_shape is None else "x".join(map(str, r.output_shape)), f"{r.forward_ms:.3f}",
+          f"{r.backward_ms:.3f}", f"{r.total_ms:.3f}", f"{r.share:.1f}%", num(r.forward_gflops, ".1f"),
+          num(r.backward_gflops, ".1f")) for r in rows], align="rllrrrrrr", rule=True)
+    rule = rule_for(table)
+    lines = [table, rule]
     total = sum(r.total_ms for r in rows)
     fwd = sum(r.forward_ms for r in rows)
-    lines.append(rule)
     summary = f"total {total:.3f} ms per batch (forward {fwd:.3f} ms, backward and step {total - fwd:.3f} ms)"
     batch_size = batch_size or (rows[0].batch_size if rows else None)
     if batch_size and total > 0:
