@@ -27,7 +27,7 @@ from typing import Callable
 
 from nntrain.nn.blas import Blas, find_blas
 
-# A piece smaller than this many array elements is not worth a thread hand-off (~20-50 µs).
+# A piece smaller than this many array elements is not worth a thread hand-off (its cost: bench/results/kernels.md).
 MIN_ITEMS_PER_PIECE = 1 << 17
 
 
@@ -121,7 +121,7 @@ class Workers:
         The pieces are claimed, not assigned: the calling thread works through them too and only waits
         for pieces a pool thread has already started. On a busy machine, where a woken pool thread may
         get a core only milliseconds later, the caller then simply does the work itself instead of
-        waiting for it (a fixed hand-off cost ~10x the work there).
+        waiting for it (a fixed hand-off there can cost many times the work; see bench/results/kernels.md).
         """
         pieces = self.pieces(n, items_per_sample)
         if len(pieces) == 1:

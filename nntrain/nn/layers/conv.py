@@ -74,11 +74,10 @@ def _landing(a: int, stride: int, pad: int, out: int, size: int) -> tuple[slice,
 PLANAR_MAX_CHANNELS = 4
 # Columns are built and multiplied a chunk of whole samples at a time, about CHUNK_BYTES of columns per
 # chunk, so that they are still in cache when the GEMM reads them, each chunk on one BLAS thread and the
-# chunks spread over the model's workers (nntrain.nn.parallel.Workers.chunks). Measured on cifar-cnn's
-# 32->32 conv at 32x32, batch 128, 2 threads (bench/fwdbwd.py --net cifar --profile): whole-batch columns
-# (151 MB) and a 2-thread GEMM took 32 ms forward; chunks of ~4 MB on 1-thread GEMMs took ~17 ms.
-# Backward holds a chunk's columns and its col2im product (as large again): half the samples per chunk
-# measured ~10% faster there (35 vs 39 ms for the 64->64 conv at 16x16, 2 MB vs 4 MB).
+# chunks spread over the model's workers (nntrain.nn.parallel.Workers.chunks): a whole batch's columns
+# (151 MB for cifar-cnn's 32->32 conv at batch 128) fall out of cache and a two-thread GEMM on one tall,
+# narrow product scales poorly. Backward holds a chunk's columns and its col2im product (as large
+# again), so its chunks are sized by both (about half the samples). Figures: bench/results/kernels.md.
 CHUNK_BYTES = 4 << 20
 
 
@@ -212,10 +211,10 @@ class Conv2D(Layer):
 
         Channels-last: (S·OH·OW, kh·kw·C [+1]), each row a receptive field as contiguous runs of C channels.
         Planar (few channels): (kh·kw·C [+1], S·OH·OW); one column row would be only C floats wide, so each
-        kernel offset is instead copied as a whole plane (≈7x faster for C=1).
+        kernel offset is instead copied as a whole plane (much faster for C=1).
         With a bias the columns get one more entry that is always 1 and Wm one more row, b: the GEMM
-        then adds the bias (saving a pass over y, ~40% of conv forward time for C=1) and the dW GEMM
-        yields db = Σ g.
+        then adds the bias (saving a separate pass over y) and the dW GEMM yields db = Σ g.
+        Figures for both: bench/results/kernels.md.
         """
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         oh, ow = out_hw
@@ -283,9 +282,8 @@ class Conv2D(Layer):
         # dx for stride 1 is a convolution too: the correlation of g, zero-padded by (kh-1-ph, kw-1-pw),
         # with the kernel flipped and its in/out channels swapped,
         #   dx[n, y, x, c] = Σ_{a,b,o} gp[n, y + a, x + b, o] · W[o, c, kh-1-a, kw-1-b],
-        # so it takes the forward's im2col + one GEMM (into dx directly). Measured against the general
-        # col2im below (a GEMM per kernel offset, then kh·kw adds): 26% faster for cifar-cnn's 32->32 conv
-        # at 32x32, 8% for mnist-cnn's 32->64 at 14x14 (one thread, per batch).
+        # so it takes the forward's im2col + one GEMM (into dx directly), which measured faster than the
+        # general col2im below (a GEMM per kernel offset, then kh·kw adds); see bench/results/kernels.md.
         transposed = not skip and (sh, sw) == (1, 1) and ph < kh and pw < kw
         dx_width = 0 if skip else kh * kw * (o if transposed else c)   # per row of dx's scratch
         per = samples_per_chunk(n, m * (kb + dx_width) * g.dtype.itemsize)
