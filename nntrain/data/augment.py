@@ -13,8 +13,6 @@ with no Python loop over images or pixels. Geometry uses the NumPy resampler in 
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -23,8 +21,6 @@ from nntrain.data import affine
 from nntrain.errors import ConfigError
 from nntrain.options import Option
 from nntrain.registry import Configurable, Registry
-
-log = logging.getLogger(__name__)
 
 
 class Augmentation(Configurable):
@@ -175,42 +171,3 @@ def build_augment(specs: Any, path: str = "data.augment") -> Augment | None:
                           f"got {type(specs).__name__}", path)
     steps = [AUGMENTATIONS.build(spec, path=f"{path}[{i}]") for i, spec in enumerate(specs)]
     return Augment(steps) if steps else None
-
-
-def augment_preview(images_uint8: np.ndarray, specs: Any, rng: np.random.Generator, path: str | Path,
-                    n: int = 8, variants: int = 3) -> Path:
-    """Write a PNG grid: the first `n` images (top row) and `variants` augmented versions of each
-    (rows below), to look at what `specs` does. images: uint8 (N, C, H, W) with C = 1 or 3, or
-    (N, H, W). The PNG is n*100 x (variants+1)*100 pixels, written atomically. Returns its path."""
-    from matplotlib.figure import Figure   # imported here: plotting is not needed to train
-
-    from nntrain.atomic import atomic_open
-
-    images = np.asarray(images_uint8)
-    if images.ndim == 3:
-        images = images[:, None]
-    if images.ndim != 4 or images.shape[1] not in (1, 3) or len(images) == 0:
-        raise ValueError(f"expected images (N, 1|3, H, W) or (N, H, W), got shape {images.shape}")
-    n = min(n, len(images))
-    x01 = images[:n].astype(np.float32) / (255.0 if images.dtype == np.uint8 else 1.0)
-    aug = build_augment(specs)
-    rows = [x01] + [aug(x01, rng) if aug else x01.copy() for _ in range(variants)]
-    fig = Figure(figsize=(n, len(rows)), dpi=100)
-    for r, batch in enumerate(rows):
-        for j in range(n):
-            ax = fig.add_subplot(len(rows), n, r * n + j + 1)
-            img = np.clip(batch[j], 0.0, 1.0)
-            if img.shape[0] == 1:
-                ax.imshow(img[0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-            else:
-                ax.imshow(img.transpose(1, 2, 0), interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if j == 0:
-                ax.set_ylabel("original" if r == 0 else f"augmented {r}", fontsize=7)
-    fig.subplots_adjust(left=0.06, right=0.99, top=0.99, bottom=0.01, wspace=0.05, hspace=0.05)
-    path = Path(path)
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    log.info("wrote augmentation preview %s", path)
-    return path

@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import png_size
 from nntrain.data import affine
-from nntrain.data.augment import AUGMENTATIONS, Augment, Augmentation, augment_preview, build_augment
+from nntrain.data.augment import AUGMENTATIONS, Augment, Augmentation, build_augment
 from nntrain.errors import ConfigError
 from nntrain.options import Option
 
@@ -300,17 +299,3 @@ train: {{epochs: 1, batch_size: 32}}
     with pytest.raises(ConfigError) as e:
         parse_config_text(base.format(augment="[{type: random_rotate}, {type: random_scale, min: 2, max: 1}]"))
     assert e.value.path == "data.augment[1].max"
-
-
-# --- preview ------------------------------------------------------------------------------------------------
-def test_augment_preview_writes_a_png_grid(tmp_path):
-    rng = np.random.default_rng(0)
-    colour = rng.integers(0, 256, (12, 3, 32, 32), dtype=np.uint8)
-    path = augment_preview(colour, ALL_SPECS, rng, tmp_path / "preview.png", n=6, variants=2)
-    assert path == tmp_path / "preview.png" and png_size(path) == (600, 300)
-    from PIL import Image
-    with Image.open(path) as im:
-        im.verify()
-    grey = rng.integers(0, 256, (3, 28, 28), dtype=np.uint8)          # (N, H, W), fewer than n images
-    assert png_size(augment_preview(grey, [], rng, tmp_path / "g.png")) == (300, 400)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.png", "preview.png"]   # no temporary files left

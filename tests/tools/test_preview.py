@@ -10,6 +10,7 @@ import pytest
 
 from conftest import png_size, run_cli, tiny_config, write_config
 from nntrain.errors import ConfigError
+from nntrain.tools.preview import augment_preview
 
 AUGMENT = [{"type": "random_shift", "max_pixels": 2}, {"type": "random_rotate", "degrees": 10}]
 
@@ -70,3 +71,16 @@ def test_new_commands_show_examples_in_their_help():
         result = runner.invoke(cli, [cmd, "--help"])
         assert result.exit_code == 0 and "Example" in result.output, cmd
     assert "--show-augment" in runner.invoke(cli, ["train", "--help"]).output
+
+
+def test_augment_preview_writes_a_png_grid(tmp_path):
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 256, (12, 3, 32, 32), dtype=np.uint8)
+    path = augment_preview(colour, [{"type": "random_shift", "max_pixels": 2}, {"type": "random_rotate", "degrees": 15}, {"type": "horizontal_flip"}], rng, tmp_path / "preview.png", n=6, variants=2)
+    assert path == tmp_path / "preview.png" and png_size(path) == (600, 300)
+    from PIL import Image
+    with Image.open(path) as im:
+        im.verify()
+    grey = rng.integers(0, 256, (3, 28, 28), dtype=np.uint8)          # (N, H, W), fewer than n images
+    assert png_size(augment_preview(grey, [], rng, tmp_path / "g.png")) == (300, 400)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.png", "preview.png"]   # no temporary files left
