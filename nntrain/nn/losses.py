@@ -36,7 +36,7 @@ class SoftmaxCrossEntropy(Configurable):
 
     softmax=True (default): input z are logits (N, K); L = -1/N Σ_n Σ_k t_nk log softmax(z_n)_k,
     with targets t = (1-ε)·onehot + ε/K (label smoothing ε); dL/dz = (softmax(z) - t) / N.
-    softmax=False: input p are probabilities (the report's cancel_softmax); L = -1/N Σ t log p and
+    softmax=False (cancel_softmax): input p are probabilities; L = -1/N Σ t log p and
     dL/dp = -t / (N p), with p clipped at 1e-12 so both stay finite at p = 0.
     """
 

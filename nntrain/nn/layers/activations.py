@@ -94,8 +94,8 @@ class Tanh(Layer):
 
 @LAYERS.register("softmax")
 class Softmax(Layer):
-    """Row-wise softmax over features, x: (N, K) -> probabilities (N, K); for the report's
-    `softmax: false` loss, which expects probabilities. y = exp(x - max) / Σ exp(x - max);
+    """Row-wise softmax over features, x: (N, K) -> probabilities (N, K); for a model that ends in
+    probabilities, with the loss's `softmax: false` (cancel_softmax). y = exp(x - max) / Σ exp(x - max);
     dx = y ⊙ (g - Σ_k g_k y_k)."""
 
     def output_shape(self, input_shape):

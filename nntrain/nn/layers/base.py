@@ -130,7 +130,7 @@ class Layer(Configurable):
                             "(an evaluation forward keeps nothing for backward)")
 
     def apply_weight_decay(self) -> None:
-        """Add λ·p to the gradient of each decayed param (L2 penalty λ/2·||p||², as in the report)."""
+        """Add λ·p to the gradient of each decayed param: the per-layer L2 penalty λ/2·||p||² (dW += λW)."""
         lam = self.config.get("weight_decay", 0.0)
         if lam:
             for name in self.decayed:

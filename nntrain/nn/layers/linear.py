@@ -1,4 +1,4 @@
-"""Fully connected layer: y = x W + b, with the report's per-layer L2 weight decay (dW += λW)."""
+"""Fully connected layer: y = x W + b, with an optional per-layer L2 weight decay (dW += λW)."""
 
 from __future__ import annotations
 
