@@ -1,4 +1,4 @@
-"""nntrain vs PyTorch, side by side on the reference workloads (issue 6).
+"""nntrain vs PyTorch, side by side on the reference workloads (bench/workloads.py).
 
 Run `python -m bench --help`. Not part of the test suite.
 """

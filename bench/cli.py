@@ -1,4 +1,4 @@
-"""`python -m bench`: nntrain and PyTorch side by side on the reference workloads of DESIGN.md.
+"""`python -m bench`: nntrain and PyTorch side by side on the reference workloads (bench/workloads.py).
 
 For each workload both sides train the same net (same batch size, optimizer, data, thread count),
 alternating epoch by epoch (the side that goes first alternates too), each epoch in a fresh
@@ -67,8 +67,11 @@ def check_data(datasets_needed: set[str], root: Path) -> None:
     for ds in sorted(datasets_needed):
         missing = datasets.missing_files(ds, root)
         if missing:
-            hint = ("write it with: python shared/tools/cifar10_bin.py "
-                    f"{root / datasets.CIFAR_DIR}" if ds == "cifar10" else "copy the four IDX .gz files there")
+            hint = (f"expected the binary layout, {root / datasets.CIFAR_DIR}/ with data_batch_1..5.bin and "
+                    "test_batch.bin; nntrain downloads it with: python -c \"import nntrain.data as d; "
+                    f"d.load_dataset('cifar10', '{root}')\"" if ds == "cifar10" else
+                    f"expected {root / 'mnist'}/ with the four IDX .gz files; nntrain downloads them with: "
+                    f"python -c \"import nntrain.data as d; d.load_dataset('mnist', '{root}')\"")
             log(f"error: {ds} is incomplete under {root}: missing {', '.join(missing)}; {hint} "
                 "(or pass --data-root)")
             sys.exit(2)

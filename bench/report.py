@@ -1,11 +1,11 @@
-"""Summaries of benchmark results: medians, ratios, the issue's criteria, a console table and markdown."""
+"""Summaries of benchmark results: medians, ratios, the speed and memory targets, a console table and markdown."""
 
 from __future__ import annotations
 
 import statistics
 from typing import Any
 
-# The targets of issue 6 (nntrain seconds per epoch / PyTorch's, same threads; memory; scaling).
+# The targets: nntrain seconds per epoch / PyTorch's at the same thread count; peak memory; linear scaling.
 TIME_TARGETS = {"mnist-mlp": 1.0, "mnist-cnn": 1.25, "cifar-cnn": 1.5}
 MEMORY_TARGET = ("mnist-cnn", 0.6)
 SCALING_TARGET = 4.4

@@ -2,9 +2,9 @@
 
 usage: python -m bench.torch_worker WORKLOAD DATA_ROOT STATE_FILE THREADS
 
-The nets, optimizer and data path are those of shared/bench/torch_ref.py: the whole (normalised)
-training set as a float32 tensor in memory, a shuffled permutation per epoch indexed per batch,
-SGD(momentum 0.9, weight_decay 1e-4 on all params), CrossEntropyLoss. Like an `nntrain train
+Each net is the workload's reference net (bench/workloads.py) in PyTorch, trained with SGD(momentum
+0.9, weight_decay 1e-4 on all params) and CrossEntropyLoss; the whole (normalised) training set is one
+float32 tensor in memory, indexed per batch through a shuffled permutation per epoch. Like an `nntrain train
 --resume`, it continues from STATE_FILE when that exists (model, optimizer and shuffle Generator),
 so the benchmark can alternate the two sides epoch by epoch. Prints one JSON line: the training
 seconds (the batch loop only), train loss/accuracy, test accuracy and this process's peak RSS.
@@ -25,7 +25,7 @@ from bench.workloads import WORKLOADS
 
 
 def build_net(name: str) -> nn.Module:
-    """The workload's net, as in torch_ref.py."""
+    """The workload's net in PyTorch (the `net` of its Workload)."""
     if name == "mnist-mlp":
         return nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 10))
     if name == "mnist-cnn":

@@ -1,4 +1,4 @@
-"""The reference workloads of DESIGN.md: name, dataset, batch size, learning rate and bench config.
+"""The reference workloads: name, dataset, batch size, learning rate, net and bench config.
 
 All train with SGD (momentum 0.9, weight decay 1e-4 on all parameters), no scheduler, no validation
 split, on the full training set (or the `--quick` fraction of it).
