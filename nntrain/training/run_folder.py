@@ -106,19 +106,24 @@ def find_checkpoint(target: str | Path) -> tuple[Path, Path]:
     return target, out_dir
 
 
-def load_run(target: str | Path) -> LoadedRun:
-    """Rebuild the trained model (float32, eval-ready) from a run folder or checkpoint file."""
+def embedded_config(ckpt: Checkpoint, path: Path) -> dict:
+    """The resolved config a checkpoint carries (the truth about its run), checked like any config."""
     from nntrain.config import validate_config
     from nntrain.errors import ConfigError
 
-    path, out_dir = find_checkpoint(target)
-    ckpt = load_checkpoint(path)
     try:
-        cfg = validate_config(ckpt.meta["config"], source=f"{path} (embedded config)")
+        return validate_config(ckpt.meta["config"], source=f"{path} (embedded config)")
     except KeyError:
         raise CheckpointError(f"checkpoint {path} holds no config") from None
     except ConfigError as e:
         raise CheckpointError(f"checkpoint {path} holds an invalid config: {e}") from None
+
+
+def load_run(target: str | Path) -> LoadedRun:
+    """Rebuild the trained model (float32, eval-ready) from a run folder or checkpoint file."""
+    path, out_dir = find_checkpoint(target)
+    ckpt = load_checkpoint(path)
+    cfg = embedded_config(ckpt, path)
     from nntrain.data import dataset_info
 
     info = dataset_info(cfg["data"]["dataset"])

@@ -16,10 +16,10 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from nntrain.atomic import atomic_write_text
-from nntrain.config import dump_config, validate_config
+from nntrain.config import dump_config
 from nntrain.data.augment import build_augment
 from nntrain.data.prepare import prepare
-from nntrain.errors import CheckpointError, ConfigError, NNTrainError, NumericalError
+from nntrain.errors import CheckpointError, NNTrainError, NumericalError
 from nntrain.nn.losses import build_loss
 from nntrain.nn.model import build_model
 from nntrain.nn.optim import build_optimizer
@@ -28,7 +28,7 @@ from nntrain.rng import stream
 from nntrain.training.callbacks import Callback, Checkpoints, EarlyStopping, MetricsLog
 from nntrain.training.checkpoint import Checkpoint, load_checkpoint
 from nntrain.training.evaluate import evaluate
-from nntrain.training.run_folder import RunFolder
+from nntrain.training.run_folder import RunFolder, embedded_config
 from nntrain.training.state import restore_run_state, run_state_meta
 from nntrain.training.trainer import Interrupted, Parts, Trainer
 
@@ -134,13 +134,7 @@ def resume_config(folder: str | os.PathLike, wanted: Mapping[str, Any] | None = 
     config.yaml says now), or `wanted` where it differs and `force` is given. Returns (config, changed
     key paths); without force a difference is refused."""
     run = RunFolder.existing(folder)
-    ckpt = load_checkpoint(run.last)
-    try:
-        saved = validate_config(ckpt.meta["config"], source=f"{run.last} (embedded config)")
-    except KeyError:
-        raise CheckpointError(f"checkpoint {run.last} holds no config") from None
-    except ConfigError as e:
-        raise CheckpointError(f"checkpoint {run.last} holds an invalid config: {e}") from None
+    saved = embedded_config(load_checkpoint(run.last), run.last)
     if wanted is None:
         return saved, []
     wanted = dict(wanted, name=saved["name"])

@@ -376,6 +376,18 @@ def test_gradcheck_command_passes_at_default_settings(paths, seed):
     assert sum(line.endswith(" pass") for line in result.output.splitlines()) == 1 + 2 * n_param_layers
 
 
+def break_weight_grad(monkeypatch, layer_class) -> None:
+    """Make `layer_class`'s backward leave dW 1 % too large (a deliberately wrong gradient)."""
+    real = layer_class.backward
+
+    def broken(self, grad, need_input_grad=True):
+        dx = real(self, grad, need_input_grad)
+        self.grads["W"] *= 1.01
+        return dx
+
+    monkeypatch.setattr(layer_class, "backward", broken)
+
+
 def test_gradcheck_command_fails_on_a_broken_conv_backward(monkeypatch):
     """A conv2d backward whose dW is 1 % off fails the default check of configs/cnn.yaml (kinks and
     all), naming both conv weights, with exit 1; every other tensor passes."""
@@ -384,14 +396,7 @@ def test_gradcheck_command_fails_on_a_broken_conv_backward(monkeypatch):
     from nntrain.cli import cli
     from nntrain.nn.layers.conv import Conv2D
 
-    real = Conv2D.backward
-
-    def broken(self, grad, need_input_grad=True):
-        dx = real(self, grad, need_input_grad)
-        self.grads["W"] *= 1.01
-        return dx
-
-    monkeypatch.setattr(Conv2D, "backward", broken)
+    break_weight_grad(monkeypatch, Conv2D)
     result = CliRunner().invoke(cli, ["gradcheck", str(CNN)])
     assert result.exit_code == 1, result.output
     assert "gradcheck FAILED for 2 tensor(s): 0.W, 3.W" in result.output
@@ -411,14 +416,7 @@ def test_gradcheck_command_exit_codes(tmp_path, monkeypatch):
     # a deliberately broken backward: the command fails with exit 1 and names the tensor
     from nntrain.nn.layers.linear import Linear
 
-    real = Linear.backward
-
-    def broken(self, grad, need_input_grad=True):
-        dx = real(self, grad, need_input_grad)
-        self.grads["W"] *= 1.01
-        return dx
-
-    monkeypatch.setattr(Linear, "backward", broken)
+    break_weight_grad(monkeypatch, Linear)
     bad = runner.invoke(cli, ["gradcheck", str(QUICKSTART), "--samples", "20"])
     assert bad.exit_code == 1, bad.output
     assert "FAIL" in bad.output and ".W" in bad.output
