@@ -229,7 +229,7 @@ def validate(raw: Any, default_name_: str | None = None, available_memory: int |
     loss = raw.get("loss")
     if loss is None or (isinstance(loss, Mapping) and "type" not in loss):
         loss = {"type": "softmax_cross_entropy", **(loss or {})}
-    cfg["loss"] = LOSSES.resolve(loss, "loss")
+    cfg["loss"] = LOSSES.resolve(loss, "loss", {"num_classes": info.num_classes})   # class_weights: one per class
     cfg["optimizer"] = OPTIMIZERS.resolve(raw["optimizer"], "optimizer")
     train = _train(raw.get("train"), cfg["data"]["val_size"])  # before the scheduler: it needs epochs
     scheduler = raw.get("scheduler")

@@ -35,12 +35,14 @@ from nntrain.training.trainer import Interrupted, Parts, Trainer
 log = logging.getLogger("nntrain")
 
 
-def build_parts(cfg: Mapping[str, Any], input_shape: Sequence[int]) -> Parts:
-    """Model, loss, optimizer, schedule, augmentation and Generators of a resolved config."""
+def build_parts(cfg: Mapping[str, Any], input_shape: Sequence[int], train_labels: np.ndarray | None = None) -> Parts:
+    """Model, loss, optimizer, schedule, augmentation and Generators of a resolved config. `train_labels`:
+    the prepared training split's labels (N,), which `class_weights: balanced` is computed from."""
     seed, epochs = int(cfg["seed"]), cfg["train"]["epochs"]
     model = build_model(cfg["model"], input_shape, seed=seed, dtype=np.float32)
     optimizer = build_optimizer(cfg["optimizer"], list(model.parameters()))
-    return Parts(model=model, loss=build_loss(cfg["loss"]), optimizer=optimizer,
+    loss = build_loss(cfg["loss"], train_labels=train_labels, num_classes=model.output_shape[0])
+    return Parts(model=model, loss=loss, optimizer=optimizer,
                  scheduler=build_scheduler(cfg["scheduler"], optimizer, epochs),
                  augment=build_augment(cfg["data"]["augment"]), shuffle_rng=stream(seed, "shuffle"),
                  augment_rng=stream(seed, "augment"))
@@ -178,7 +180,7 @@ def train(cfg: Mapping[str, Any], run_dir: str | os.PathLike | None = None, *,
         es = cfg["train"]["early_stopping"]
         stops = [EarlyStopping(es["monitor"], es["patience"], es["mode"], es["min_delta"])] if es else []
         checkpoints, metrics = Checkpoints(folder, cfg["train"]["checkpoint_monitor"]), MetricsLog(folder)
-        trainer = Trainer(build_parts(cfg, data.info.input_shape), data, epochs=cfg["train"]["epochs"],
+        trainer = Trainer(build_parts(cfg, data.info.input_shape, data.train_y), data, epochs=cfg["train"]["epochs"],
                           batch_size=cfg["train"]["batch_size"], eval_batch_size=cfg["train"]["eval_batch_size"],
                           callbacks=[*stops, *callbacks, checkpoints, metrics], progress=progress,
                           snapshot=lambda t: snapshot(t, cfg))

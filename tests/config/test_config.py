@@ -211,7 +211,8 @@ def test_minimal_config_gets_every_default(tmp_path: Path) -> None:
         {"type": "flatten"},
         {"type": "linear", "out_features": 10, "bias": True, "weight_decay": 0.0, "init": "he_normal",
          "init_std": 0.01}]
-    assert cfg["loss"] == {"type": "softmax_cross_entropy", "softmax": True, "label_smoothing": 0.0}
+    assert cfg["loss"] == {"type": "softmax_cross_entropy", "softmax": True, "label_smoothing": 0.0,
+                           "class_weights": None}
     assert cfg["optimizer"]["type"] == "sgd" and cfg["optimizer"]["lr"] == 0.5
     assert cfg["optimizer"]["momentum"] == 0.0
     assert cfg["scheduler"] is None
