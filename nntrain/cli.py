@@ -379,6 +379,38 @@ def predict(target: str, images: tuple[str, ...], invert: bool | None, top: int)
     click.echo(format_predictions(predict_files(load_run(target), images, invert, top)))
 
 
+@cli.command("export")
+@click.argument("target", metavar="RUN_DIR_OR_CHECKPOINT", type=click.Path())
+@click.option("-o", "--out", type=click.Path(dir_okay=False), default=None,
+              help="ONNX file to write (default: RUN_DIR/model.onnx, or the checkpoint's path with .onnx).")
+@click.option("--opset", type=int, default=17, show_default=True,
+              help="ONNX opset (13 or later; 20 and later use the Gelu operator).")
+@click.option("--probabilities", is_flag=True,
+              help="End in a Softmax: output `probabilities` instead of `logits`.")
+@handle_errors
+def export_cmd(target: str, out: str | None, opset: int, probabilities: bool) -> None:
+    """Write a trained model as one ONNX graph (evaluation mode), for onnxruntime or any ONNX runtime;
+    prints its path.
+
+    The graph's input `pixels` is float32 (N, C, H, W) in [0, 1] (uint8 pixels / 255, any batch size);
+    the run's normalisation is part of the graph. Its output is `logits` (N, K), or `probabilities`.
+    Class names, dataset and input layout are in the model's metadata. Needs: pip install "nntrain[onnx]".
+
+    \b
+    Examples:
+      nntrain export runs/mnist-cnn-20261125-101500
+      nntrain export runs/mnist-cnn-20261125-101500/checkpoints/last.npz -o mnist.onnx --probabilities
+    """
+    from nntrain.tools.export import default_output, export_run, require_onnx
+    from nntrain.training.run_folder import load_run
+
+    require_onnx()
+    run = load_run(target)
+    result = export_run(run, Path(out) if out else default_output(target, run), opset, probabilities)
+    click.echo(result.describe(), err=True)
+    click.echo(str(result.path))
+
+
 def main() -> None:
     _set_blas_environment()
     cli(prog_name="nntrain")
