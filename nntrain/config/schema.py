@@ -234,7 +234,9 @@ def validate(raw: Any, default_name_: str | None = None, available_memory: int |
     train = _train(raw.get("train"), cfg["data"]["val_size"])  # before the scheduler: it needs epochs
     scheduler = raw.get("scheduler")
     if scheduler is not None:
-        scheduler = SCHEDULERS.resolve(scheduler, "scheduler", {"epochs": train["epochs"]})
+        # the optimizer too: onecycle's cycle_momentum needs one with a momentum (or beta1) to cycle
+        scheduler = SCHEDULERS.resolve(scheduler, "scheduler",
+                                       {"epochs": train["epochs"], "optimizer": cfg["optimizer"]})
     cfg["scheduler"] = scheduler
     cfg["train"] = train
     _check_memory(cfg, info, _available_memory() if available_memory == -1 else available_memory)

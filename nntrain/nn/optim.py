@@ -460,5 +460,6 @@ class Adadelta(Optimizer):
 
 
 def build_optimizer(spec: Mapping[str, Any], params: Sequence[ParamTriple]) -> Optimizer:
-    """The optimizer of `spec` = {type: sgd|adam|adamw|rmsprop|adagrad|adadelta, option: value} over `(name, param, grad)` triples."""
+    """The optimizer of `spec` = {type: sgd|adam|adamw|rmsprop|adagrad|adadelta, option: value} over
+    `(name, param, grad)` triples."""
     return OPTIMIZERS.build(spec, list(params), path="optimizer")

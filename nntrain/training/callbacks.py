@@ -25,7 +25,8 @@ if TYPE_CHECKING:   # only for type hints: the trainer imports this module
 
 log = logging.getLogger("nntrain")
 
-METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds")
+# grad_norm: the epoch's mean global gradient norm before clipping (the optimizer measures it every step)
+METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "grad_norm", "seconds")
 
 
 class Callback:

@@ -17,6 +17,7 @@ import numpy as np
 
 from nntrain.atomic import atomic_write_text
 from nntrain.config import dump_config
+from nntrain.data import num_batches
 from nntrain.data.augment import build_augment
 from nntrain.data.prepare import prepare
 from nntrain.errors import CheckpointError, NNTrainError, NumericalError
@@ -37,13 +38,15 @@ log = logging.getLogger("nntrain")
 
 def build_parts(cfg: Mapping[str, Any], input_shape: Sequence[int], train_labels: np.ndarray | None = None) -> Parts:
     """Model, loss, optimizer, schedule, augmentation and Generators of a resolved config. `train_labels`:
-    the prepared training split's labels (N,), which `class_weights: balanced` is computed from."""
+    the prepared training split's labels (N,), which `class_weights: balanced` is computed from and
+    which give the batches per epoch of a per-batch schedule (onecycle)."""
     seed, epochs = int(cfg["seed"]), cfg["train"]["epochs"]
+    per_epoch = None if train_labels is None else num_batches(len(train_labels), cfg["train"]["batch_size"])
     model = build_model(cfg["model"], input_shape, seed=seed, dtype=np.float32)
     optimizer = build_optimizer(cfg["optimizer"], list(model.parameters()))
     loss = build_loss(cfg["loss"], train_labels=train_labels, num_classes=model.output_shape[0])
     return Parts(model=model, loss=loss, optimizer=optimizer,
-                 scheduler=build_scheduler(cfg["scheduler"], optimizer, epochs),
+                 scheduler=build_scheduler(cfg["scheduler"], optimizer, epochs, per_epoch),
                  augment=build_augment(cfg["data"]["augment"]), shuffle_rng=stream(seed, "shuffle"),
                  augment_rng=stream(seed, "augment"))
 

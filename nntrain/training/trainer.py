@@ -76,7 +76,7 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_begin(self)
         while self.state.epoch < self.epochs and not self.state.stopped_early:
-            lr = self.parts.optimizer.lr
+            lr = self.parts.scheduler.epoch_start_lr()   # also when resuming inside the epoch
             if not self._train_epoch():
                 for cb in self.callbacks:
                     cb.on_interrupt(self)
@@ -112,7 +112,8 @@ class Trainer:
                                              f"{b + 1}: the run is stopped. A smaller learning rate (now "
                                              f"{p.optimizer.lr:g}) usually helps.")
                     p.model.backward(p.loss.backward(), need_input_grad=False)
-                    p.optimizer.step()
+                    p.optimizer.step()   # clips the grads first where configured
+                    p.scheduler.step_batch()
                     s.sums["loss"] += value * len(y)
                     s.sums["correct"] += int((z.argmax(axis=1) == y).sum())
                     s.sums["count"] += len(y)
@@ -130,11 +131,13 @@ class Trainer:
         return True
 
     def _end_epoch(self, lr: float) -> None:
-        """Validate, record the metrics row, step the schedule, then the callbacks (which checkpoint)."""
+        """Validate, record the metrics row, step the schedule, then the callbacks (which checkpoint).
+        grad_norm: the mean over the epoch's batches of the global gradient norm before clipping."""
         s, p = self.state, self.parts
         count = max(s.sums["count"], 1)
         row: dict[str, Any] = {"epoch": s.epoch + 1, "lr": lr, "train_loss": s.sums["loss"] / count,
-                               "train_acc": s.sums["correct"] / count, "val_loss": None, "val_acc": None}
+                               "train_acc": s.sums["correct"] / count, "val_loss": None, "val_acc": None,
+                               "grad_norm": p.optimizer.take_grad_norm()}
         if len(self.data.val_y):
             ev = evaluate(p.model, p.loss, self.data.val_x, self.data.val_y, self.eval_batch_size, self.data.mean,
                           self.data.std)

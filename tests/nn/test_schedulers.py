@@ -1,5 +1,6 @@
-"""Learning-rate schedulers against torch.optim.lr_scheduler (warmup = SequentialLR(LinearLR, main)),
-state round trips and option validation."""
+"""Learning-rate schedulers against torch.optim.lr_scheduler (warmup = SequentialLR(LinearLR, main); a
+per-batch warmup = LinearLR stepped every batch; onecycle = OneCycleLR with its momentum), state round
+trips (also inside an epoch) and option validation."""
 
 from __future__ import annotations
 
@@ -211,11 +212,18 @@ def test_plateau_without_its_metric_is_a_clear_error():
     ({"type": "reduce_on_plateau", "warmup_epochs": 2}, 10, "scheduler.warmup_epochs", "valid keys"),
     ({"type": "cosin"}, 10, "scheduler.type", "did you mean 'cosine'"),
     ({"step_size": 3}, 10, "scheduler", "known types"),
+    ({"type": "cosine", "warmup_epochs": 2, "warmup_steps": 100}, 10, "scheduler.warmup_steps", "not both"),
+    ({"type": "step", "step_size": 2, "warmup_steps": -1}, 10, "scheduler.warmup_steps", ">= 0"),
+    ({"type": "onecycle", "pct_start": 1.5}, 10, "scheduler.pct_start", "[0.0, 1.0]"),
+    ({"type": "onecycle", "three_phase": True, "pct_start": 0.6}, 10, "scheduler.pct_start", "<= 0.5"),
+    ({"type": "onecycle", "anneal_strategy": "cosine"}, 10, "scheduler.anneal_strategy", "cos, linear"),
+    ({"type": "onecycle", "div_factor": 0}, 10, "scheduler.div_factor", "> 0"),
+    ({"type": "onecycle", "warmup_steps": 10}, 10, "scheduler.warmup_steps", "valid keys"),
     ({"type": "step", "step_size": 3}, 0, "train.epochs", ">= 1"),
 ])
 def test_bad_options(spec, epochs, path, words):
     with pytest.raises(ConfigError) as info:
-        build_scheduler(spec, _opt(), epochs)
+        build_scheduler(spec, _opt(), epochs, batches_per_epoch=5)
     assert info.value.path == path
     assert words in str(info.value)
 
@@ -236,8 +244,219 @@ def test_declared_options_validate_whole_sections():
     for name, cls in SCHEDULERS.items():
         assert cls.type_name == name
         has_warmup = set(WARMUP_OPTIONS) <= set(cls.options)
-        assert has_warmup == (name != "reduce_on_plateau")
+        assert has_warmup == (name not in ("reduce_on_plateau", "onecycle"))
     full = SCHEDULERS.resolve({"type": "cosine", "warmup_epochs": 2}, "scheduler")
-    assert full == {"type": "cosine", "T_max": None, "eta_min": 0.0, "warmup_epochs": 2, "warmup_start_factor": 0.1}
+    assert full == {"type": "cosine", "T_max": None, "eta_min": 0.0, "warmup_epochs": 2, "warmup_steps": 0,
+                    "warmup_start_factor": 0.1}
     # without epochs the epoch-dependent checks are skipped (the config loader may validate early)
     assert SCHEDULERS.resolve({"type": "cosine", "warmup_epochs": 50}, "scheduler")["warmup_epochs"] == 50
+
+
+# --- per-batch schedules ------------------------------------------------------------------------------
+BATCHES = 7   # batches per epoch in the per-batch tests
+
+
+def _ours_per_batch(spec, opt, epochs=6, batches=BATCHES):
+    """[(lr, momentum)] of every optimizer step of the run, driven as the trainer drives a scheduler."""
+    sched = build_scheduler(spec, opt, epochs, batches_per_epoch=batches)
+    seq = []
+    for e in range(epochs):
+        assert sched.epoch_start_lr() == opt.lr
+        for _ in range(batches):
+            seq.append((opt.lr, opt.momentum))
+            opt.step()
+            sched.step_batch()
+        sched.step({"val_loss": 1.0})
+    return seq
+
+
+def _torch_per_batch(torch, opt_spec, make, epochs=6, batches=BATCHES, per_epoch=None):
+    """The same from torch: `make(S, optimizer)` stepped every batch, `per_epoch(S, optimizer)` every epoch."""
+    param = torch.zeros(3, requires_grad=True)
+    kind = opt_spec["type"]
+    opts = {k: (tuple(v) if k == "betas" else v) for k, v in opt_spec.items() if k != "type"}
+    topt = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+            "rmsprop": torch.optim.RMSprop, "adagrad": torch.optim.Adagrad}[kind]([param], **opts)
+    S = torch.optim.lr_scheduler
+    batch_sched = make(S, topt)
+    epoch_sched = per_epoch(S, topt) if per_epoch else None
+    seq = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(epochs):
+            for _ in range(batches):
+                group = topt.param_groups[0]
+                seq.append((group["lr"], group["betas"][0] if "betas" in group else group.get("momentum")))
+                param.grad = torch.zeros(3)
+                topt.step()
+                batch_sched.step()
+            if epoch_sched:
+                epoch_sched.step()
+    return seq
+
+
+def _optimizer(spec):
+    p = np.zeros(3, np.float32)
+    return build_optimizer(spec, [("0.W", p, np.zeros_like(p))])
+
+
+ONECYCLE = [
+    ({"type": "sgd", "lr": 0.1, "momentum": 0.9}, {}),
+    ({"type": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True}, {"max_lr": 0.4, "pct_start": 0.25}),
+    ({"type": "sgd", "lr": 0.1, "momentum": 0.9}, {"anneal_strategy": "linear", "div_factor": 10.0,
+                                                   "final_div_factor": 100.0}),
+    ({"type": "sgd", "lr": 0.1, "momentum": 0.9}, {"three_phase": True}),
+    ({"type": "sgd", "lr": 0.1, "momentum": 0.9}, {"three_phase": True, "anneal_strategy": "linear",
+                                                   "pct_start": 0.5, "base_momentum": 0.8, "max_momentum": 0.9}),
+    ({"type": "sgd", "lr": 0.1}, {"cycle_momentum": False}),
+    ({"type": "adam", "lr": 0.003, "betas": [0.9, 0.99]}, {}),   # cycles betas[0]
+    ({"type": "adamw", "lr": 0.003}, {"max_lr": 0.01, "pct_start": 0.1}),
+    ({"type": "rmsprop", "lr": 0.01, "momentum": 0.5}, {"pct_start": 0.4}),
+    ({"type": "adagrad", "lr": 0.05}, {"cycle_momentum": False, "pct_start": 0.0}),
+    ({"type": "sgd", "lr": 0.1, "momentum": 0.9}, {"pct_start": 0.99}),
+]
+
+
+@pytest.mark.parametrize("opt_spec,opts", ONECYCLE, ids=[f"{o['type']}-{c}" for o, c in ONECYCLE])
+def test_onecycle_matches_torch(opt_spec, opts):
+    torch = pytest.importorskip("torch")
+    epochs = 6
+    ours = _ours_per_batch({"type": "onecycle", **opts}, _optimizer(opt_spec), epochs)
+    kwargs = {k: v for k, v in opts.items()}
+    kwargs.setdefault("max_lr", opt_spec["lr"])
+    theirs = _torch_per_batch(torch, opt_spec, lambda S, o: S.OneCycleLR(o, epochs=epochs, steps_per_epoch=BATCHES,
+                                                                         **kwargs), epochs)
+    if opts.get("cycle_momentum", True) is False:   # the momentum is the optimizer's own, untouched
+        ours = [(lr, None) for lr, _ in ours]
+        theirs = [(lr, None) for lr, _ in theirs]
+    assert ours == theirs   # the same float operations in the same order: exactly equal
+    lrs = [lr for lr, _ in ours]
+    peak = kwargs["max_lr"]
+    assert lrs[-1] < lrs[0] <= max(lrs) <= peak and max(lrs) == pytest.approx(peak, rel=0.05)
+
+
+def test_onecycle_cycles_the_optimizers_momentum_in_its_updates():
+    opt = _optimizer({"type": "adam", "lr": 0.01, "betas": [0.5, 0.999]})
+    sched = build_scheduler({"type": "onecycle"}, opt, 2, batches_per_epoch=10)
+    assert opt.config["betas"] == [0.95, 0.999] and opt.lr == pytest.approx(0.01 / 25)
+    for _ in range(3):
+        sched.step_batch()
+    assert opt.config["betas"][0] == opt.momentum < 0.95 and opt.config["betas"][1] == 0.999
+
+
+@pytest.mark.parametrize("opt_spec,spec", [
+    ({"type": "sgd", "lr": 0.1, "momentum": 0.9}, {"type": "onecycle"}),
+    ({"type": "adam", "lr": 0.01}, {"type": "onecycle", "three_phase": True, "anneal_strategy": "linear"}),
+    ({"type": "sgd", "lr": 0.1, "momentum": 0.9}, {"type": "cosine", "warmup_steps": 10}),
+    ({"type": "sgd", "lr": 0.1, "momentum": 0.9}, {"type": "step", "step_size": 2, "warmup_steps": 4}),
+    ({"type": "sgd", "lr": 0.1}, None),
+], ids=str)
+@pytest.mark.parametrize("cut", [0, 3, BATCHES + 2, 3 * BATCHES, 5 * BATCHES - 1])
+def test_per_batch_state_dict_resumes_inside_an_epoch(opt_spec, spec, cut):
+    """A checkpoint taken after `cut` optimizer steps (mostly inside an epoch), restored into fresh objects,
+    continues the same lr and momentum sequence bit for bit, and knows the lr its epoch started with."""
+    epochs = 5
+    full = _ours_per_batch(spec, _optimizer(opt_spec), epochs)
+    opt = _optimizer(opt_spec)
+    sched = build_scheduler(spec, opt, epochs, batches_per_epoch=BATCHES)
+    for t in range(cut):
+        sched.step_batch()
+        if (t + 1) % BATCHES == 0:
+            sched.step({})
+    meta = json.loads(json.dumps(sched.state_dict(), allow_nan=False))
+    opt2 = _optimizer(opt_spec)
+    sched2 = build_scheduler(spec, opt2, epochs, batches_per_epoch=BATCHES)
+    sched2.load_state_dict(meta)
+    assert (opt2.lr, opt2.momentum) == (opt.lr, opt.momentum) == full[cut]
+    assert sched2.epoch_start_lr() == full[cut - cut % BATCHES][0]
+    resumed = []
+    for t in range(cut, epochs * BATCHES):
+        resumed.append((opt2.lr, opt2.momentum))
+        sched2.step_batch()
+        if (t + 1) % BATCHES == 0:
+            sched2.step({})
+    assert resumed == full[cut:]
+
+
+# (our epoch schedule, torch's: chained with a per-batch LinearLR it gives the same product)
+WARMUP_STEPS_MAIN = [
+    ({"type": "constant"}, None),
+    ({"type": "step", "step_size": 2, "gamma": 0.5}, lambda S, o: S.StepLR(o, step_size=2, gamma=0.5)),
+    ({"type": "multistep", "milestones": [1, 4]}, lambda S, o: S.MultiStepLR(o, milestones=[1, 4])),
+    ({"type": "exponential", "gamma": 0.8}, lambda S, o: S.ExponentialLR(o, gamma=0.8)),
+    ({"type": "cosine"}, lambda S, o: S.CosineAnnealingLR(o, T_max=6)),
+]
+
+
+@pytest.mark.parametrize("steps,start", [(1, 0.1), (5, 0.1), (10, 0.25), (20, 0.5), (100, 0.01)])
+@pytest.mark.parametrize("spec,make", WARMUP_STEPS_MAIN, ids=[s["type"] for s, _ in WARMUP_STEPS_MAIN])
+def test_warmup_steps_matches_torch_linear_lr_every_batch(spec, make, steps, start):
+    torch = pytest.importorskip("torch")
+    opt_spec = {"type": "sgd", "lr": BASE_LR, "momentum": 0.9}
+    ours = _ours_per_batch({**spec, "warmup_steps": steps, "warmup_start_factor": start}, _optimizer(opt_spec))
+    theirs = _torch_per_batch(torch, opt_spec, lambda S, o: S.LinearLR(o, start_factor=start, total_iters=steps),
+                              per_epoch=make)
+    np.testing.assert_allclose([lr for lr, _ in ours], [lr for lr, _ in theirs], rtol=1e-12, atol=0)
+    assert ours[0][0] == pytest.approx(BASE_LR * start)
+    assert all(m == 0.9 for _, m in ours)   # a warmup leaves the momentum alone
+
+
+def test_epoch_schedules_ignore_step_batch():
+    opt = _opt()
+    sched = build_scheduler({"type": "step", "step_size": 1, "gamma": 0.5}, opt, 4, batches_per_epoch=3)
+    for _ in range(5):
+        sched.step_batch()
+        assert opt.lr == BASE_LR
+    sched.step({})
+    assert opt.lr == BASE_LR * 0.5 and sched.steps == 5 and sched.epoch_start_step == 5
+    plateau = build_scheduler({"type": "reduce_on_plateau"}, _opt(), 4)   # no batches per epoch needed
+    plateau.step_batch()
+    assert plateau.lr == BASE_LR and plateau.state_dict()["steps"] == 1
+
+
+def test_checkpoints_from_before_per_batch_schedules_load():
+    sched = build_scheduler({"type": "step", "step_size": 2}, _opt(), 10)
+    old = {k: v for k, v in sched.state_dict().items() if k not in ("steps", "epoch_start_step")}
+    sched.load_state_dict({**old, "epoch": 3})
+    assert sched.steps == 0 and sched.epoch == 3 and sched.lr == pytest.approx(BASE_LR * 0.1)
+    with pytest.raises(CheckpointError, match="epoch_start_step"):
+        sched.load_state_dict({**old, "steps": 3, "epoch_start_step": 4})
+    with pytest.raises(CheckpointError, match="steps"):
+        sched.load_state_dict({**old, "steps": -2})
+
+
+@pytest.mark.parametrize("opt_spec,words", [
+    ({"type": "sgd", "lr": 0.1}, "sgd optimizer has momentum 0"),
+    ({"type": "rmsprop"}, "rmsprop optimizer has momentum 0"),
+    ({"type": "adagrad"}, "no momentum or beta1"),
+    ({"type": "adadelta"}, "no momentum or beta1"),
+])
+def test_onecycle_needs_a_momentum_to_cycle(opt_spec, words):
+    with pytest.raises(ConfigError, match=words) as info:
+        build_scheduler({"type": "onecycle"}, _optimizer(opt_spec), 3, batches_per_epoch=4)
+    assert info.value.path == "scheduler.cycle_momentum"
+    # without cycling, it runs (and leaves the optimizer's momentum alone)
+    build_scheduler({"type": "onecycle", "cycle_momentum": False}, _optimizer(opt_spec), 3, batches_per_epoch=4)
+    # a config is refused when it is validated, before anything is built
+    from nntrain.config import validate_config
+
+    cfg = {"data": {"dataset": "mnist-mini"}, "model": [{"type": "flatten"}, {"type": "linear", "out_features": 10}],
+           "optimizer": opt_spec, "scheduler": {"type": "onecycle"}}
+    with pytest.raises(ConfigError, match=words) as info:
+        validate_config(cfg, source="x.yaml")
+    assert info.value.path == "scheduler.cycle_momentum"
+
+
+def test_onecycle_needs_the_batches_per_epoch():
+    with pytest.raises(ValueError, match="batches_per_epoch"):
+        build_scheduler({"type": "onecycle"}, _opt(), 3)
+
+
+def test_onecycle_past_its_last_step_stays_at_the_end():
+    opt = _opt()
+    sched = build_scheduler({"type": "onecycle"}, opt, 1, batches_per_epoch=4)
+    for _ in range(4):
+        sched.step_batch()
+    end = opt.lr
+    sched.step_batch()   # a run resumed with a smaller batch size: more steps than planned
+    assert opt.lr == end

@@ -30,7 +30,7 @@ def test_train_then_eval_cycle(tmp_path: Path, config_file: Path) -> None:
         assert (run / rel).is_file(), rel
     rows = read_metrics(run)
     assert [int(r["epoch"]) for r in rows] == [1, 2]
-    assert list(rows[0]) == ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
+    assert list(rows[0]) == ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "grad_norm", "seconds"]
     assert float(rows[-1]["val_acc"]) > 0.8  # an MLP learns mnist-mini quickly
     w, h = png_size(run / "plots" / "loss.png")
     assert w > 200 and h > 150
