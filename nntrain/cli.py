@@ -411,6 +411,94 @@ def export_cmd(target: str, out: str | None, opset: int, probabilities: bool) ->
     click.echo(str(result.path))
 
 
+@cli.command("sweep")
+@click.argument("sweep_file", metavar="SWEEP.yaml", type=click.Path(dir_okay=False), required=False)
+@set_option
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Worker processes on this machine (default: the usable cores / --threads-per-worker; with "
+                   "--resume: as the sweep was started). 0 creates the study only, for --join from elsewhere.")
+@click.option("--threads-per-worker", type=click.IntRange(min=1), default=None,
+              help="BLAS threads of each worker (default 1).")
+@click.option("--runs-root", type=click.Path(file_okay=False), default=None,
+              help="Folder under which sweeps/<name>-<timestamp>/ is made (default: runs). With --join or "
+                   "--resume: trial run folders go under RUNS_ROOT/sweeps/<study>/trials/ instead of the "
+                   "sweep folder's trials/.")
+@click.option("--join", "join_target", metavar="DIR_OR_URL", default=None,
+              help="Run more workers on an existing sweep: its folder, or its postgresql:// storage URL.")
+@click.option("--study", default=None, help="With --join URL: the study, where the storage holds several.")
+@click.option("--resume", "resume_dir", metavar="DIR", type=click.Path(file_okay=False), default=None,
+              help="Continue a sweep after a crash or Ctrl-C: trials whose worker died continue from their "
+                   "own last checkpoint, then the trials left are run.")
+@handle_errors
+def sweep_cmd(sweep_file: str | None, overrides: tuple[str, ...], workers: int | None,
+              threads_per_worker: int | None, runs_root: str | None, join_target: str | None, study: str | None,
+              resume_dir: str | None) -> None:
+    """Search hyperparameters with Optuna: train each trial of SWEEP.yaml (a base config plus the key
+    paths to search) as a run folder, in parallel worker processes; prints the sweep folder.
+
+    The sweep folder (runs/sweeps/<name>-<timestamp>/) holds trials/<n>/ (ordinary run folders),
+    trials.csv, best.yaml (the best trial's config, trainable as is) and plots/. Needs:
+    pip install "nntrain[sweep]".
+
+    \b
+    Examples:
+      nntrain sweep configs/sweeps/quickstart_lr.yaml --workers 2
+      nntrain sweep configs/sweeps/cnn_lr_wd.yaml -s train.epochs=3 --workers 4
+      nntrain sweep --join runs/sweeps/quickstart-lr-20261125-101500 --workers 2
+      nntrain sweep --join postgresql://user:pw@db-host/sweeps --runs-root /scratch/runs
+      nntrain sweep --resume runs/sweeps/quickstart-lr-20261125-101500
+    """
+    from nntrain.sweep import require_optuna
+
+    modes = [m for m in (sweep_file, join_target, resume_dir) if m is not None]
+    if len(modes) != 1:
+        raise click.UsageError("give a SWEEP.yaml to start a sweep, or --join DIR_OR_URL, or --resume DIR")
+    if overrides and sweep_file is None:
+        raise click.UsageError("-s applies to a new sweep (SWEEP.yaml); a joined or resumed sweep keeps its own")
+    if study is not None and join_target is None:
+        raise click.UsageError("--study goes with --join")
+    require_optuna()
+    from nntrain.sweep import launch
+    from nntrain.sweep.spec import load_sweep
+
+    threads = threads_per_worker or 1
+    if workers is None and resume_dir is None:
+        workers = max(1, _usable_cores() // threads)
+    if workers == 0 and sweep_file is None:
+        raise click.UsageError("--workers 0 only creates a new sweep; --join and --resume need workers")
+
+    def show(progress: Any) -> None:
+        click.echo(progress.line(), err=True)
+
+    if sweep_file is not None:
+        spec = load_sweep(sweep_file, overrides)
+        click.echo(f"sweep: {spec.trials} trials ({spec.method}) of {spec.base_source}, {spec.metric} "
+                   f"({spec.goal}), {workers} worker(s) x {threads} thread(s)", err=True)
+        result = launch.start(spec, runs_root or "runs", workers, threads, on_progress=show)
+    elif join_target is not None:
+        result = launch.join(join_target, runs_root, workers, threads, study, on_progress=show)
+    else:
+        result = launch.resume(resume_dir, workers, threads_per_worker, runs_root, on_progress=show)
+    for path in result.outputs:
+        click.echo(f"wrote {path}", err=True)
+    for dead in result.dead_workers:
+        click.echo(f"warning: {dead}", err=True)
+    if workers == 0:
+        click.echo(f"created the study; run its trials with: nntrain sweep --join {result.folder.path}", err=True)
+    click.echo(str(result.folder.path))
+    if result.orphans:
+        click.echo(f"error: trial(s) {', '.join(map(str, result.orphans))} lost their worker; continue them from "
+                   f"their last checkpoint with: nntrain sweep --resume {result.folder.path}", err=True)
+        sys.exit(1)
+
+
+def _usable_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def main() -> None:
     _set_blas_environment()
     cli(prog_name="nntrain")
