@@ -159,3 +159,9 @@ def test_without_optuna_the_cli_says_how_to_install_it(folder: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert 'pip install "nntrain[sweep]"' in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_the_shipped_sweeps_are_valid(path: Path) -> None:
+    spec = load_sweep(path)
+    assert spec.trials >= 1 and spec.parameters
