@@ -18,6 +18,7 @@ from nntrain.data.augment import AUGMENTATIONS
 from nntrain.data.registry import DATASETS, DatasetInfo, dataset_info
 from nntrain.errors import ConfigError
 from nntrain.nn.layers import LAYERS
+from nntrain.nn.layers.blocks import leaves
 from nntrain.nn.losses import LOSSES
 from nntrain.nn.optim import OPTIMIZERS
 from nntrain.nn.schedulers import SCHEDULERS
@@ -126,7 +127,9 @@ def _model(raw: Any, info: DatasetInfo) -> list[dict[str, Any]]:
     """Each layer resolved and its output shape inferred from the dataset's input shape.
 
     Shape inference finds every impossible shape without allocating weights, so a hostile config
-    (`out_features: 1e12`) cannot exhaust memory while being validated.
+    (`out_features: 1e12`) cannot exhaust memory while being validated. A block (residual) resolves
+    its layer lists and infers its branches' shapes itself; errors inside carry the nested key path
+    (`model[4].body[2].out_channels`), and branches whose shapes disagree are named with both shapes.
     """
     if not isinstance(raw, (list, tuple)) or not raw:
         raise ConfigError(f"expected a non-empty list of layers ({{type: linear, out_features: 10}}, ...), "
@@ -192,16 +195,18 @@ def _check_memory(cfg: Mapping[str, Any], info: DatasetInfo, available: int | No
     shape, sizes = info.input_shape, []
     for i, spec in enumerate(cfg["model"]):
         layer = LAYERS.build(spec)
-        sizes.append((layer.num_params(shape), i, spec["type"]))
+        # every layer inside a block on its own, so that the largest one is named by its key path
+        sizes += [(leaf.num_params(leaf_shape), path, leaf.type_name)
+                  for path, leaf, leaf_shape in leaves(layer, shape, f"model[{i}]")]
         shape = layer.output_shape(shape)
     total = sum(n for n, _, _ in sizes) * 4 * copies
     if total > available:
-        n, i, kind = max(sizes)
+        n, path, kind = max(sizes, key=lambda size: size[0])
         raise ConfigError(
             f"the model needs {_gb(total)} for its parameters, their gradients and the "
             f"{cfg['optimizer']['type']} state, but this machine has {_gb(available)} available; "
-            f"{kind} model[{i}] alone has {n:,} parameters ({_gb(n * 4 * copies)}): is a size off by a few "
-            "zeros?", f"model[{i}]")
+            f"{kind} {path} alone has {n:,} parameters ({_gb(n * 4 * copies)}): is a size off by a few "
+            "zeros?", path)
 
 
 def _gb(n: int) -> str:

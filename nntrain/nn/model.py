@@ -1,8 +1,10 @@
-"""A model is a stack of layers: forward runs them in order, backward in reverse (as planned by `plan_steps`)."""
+"""A model is a stack of layers: forward runs them in order, backward in reverse (as planned by `plan_steps`).
+
+A layer may be a block of layers (nntrain.nn.layers.blocks: residual); the model sees it as one layer
+whose parameters are named below its index ("4.body.0.W")."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -11,48 +13,18 @@ from nntrain.nn.state import load_arrays_into
 from nntrain.errors import ConfigError
 from nntrain.nn.layers import LAYERS
 from nntrain.nn.layers.base import Layer, Shape
+from nntrain.nn.layers.blocks import Block, Step, backward_calls, plan_steps
 from nntrain.nn.parallel import Workers
 from nntrain.rng import stream
 from nntrain.tables import format_table, rule_for
 
 
-@dataclass(frozen=True)
-class Step:
-    """One step of a model's plan: `layers` holds listed layer indices in the order forward runs them
-    (backward runs them reversed). One layer, or a swapped pair (pool, layer before it): see plan_steps."""
-
-    layers: tuple[int, ...]
-
-    @property
-    def swapped(self) -> bool:
-        """True for a pair that runs in the opposite of the listed order."""
-        return len(self.layers) > 1
-
-
-def plan_steps(layers: Sequence[Layer]) -> list[Step]:
-    """The steps forward runs `layers` in: one per layer, except that a layer which `commutes_with_max`
-    (relu) directly followed by a max-pool becomes one step (pool, layer).
-
-    max_w relu(x) = relu(max_w x), and the first maximum of relu(x) in a window is the first maximum of
-    x wherever relu does not zero the gradient, so outputs and gradients are bit-identical to the
-    listed order, while the relu works on the pool's smaller output (4x smaller for 2x2 pooling).
-    """
-    steps, i = [], 0
-    while i < len(layers):
-        if i + 1 < len(layers) and layers[i].commutes_with_max and layers[i + 1].is_max_pool:
-            steps.append(Step((i + 1, i)))
-            i += 2
-        else:
-            steps.append(Step((i,)))
-            i += 1
-    return steps
-
-
 class Model:
     """Sequential stack of built layers.
 
-    `parameters()` yields (name, param, grad) with names "<index>.<param>" (e.g. "0.W"); the grad
-    arrays are the layers' persistent buffers, filled by `backward`.
+    `parameters()` yields (name, param, grad) with names "<index>.<param>" (e.g. "0.W"; inside a
+    block "4.body.0.W", see nntrain.nn.layers.blocks); the grad arrays are the layers' persistent
+    buffers, filled by `backward`. `buffers()` are named the same way.
 
     The model owns a `Workers` pool (`threads`, default: the BLAS thread count) that its layers use to
     split element-wise work over the batch axis; results are the same for any thread count.
@@ -92,15 +64,7 @@ class Model:
         The plan's steps reversed; with need_input_grad=False they stop at the first step that has
         parameters (the steps before it would only compute dx), whose first layer skips its dx.
         """
-        steps = self.plan
-        if not need_input_grad:
-            first = next((s for s, step in enumerate(steps)
-                          if any(self.layers[k].params for k in step.layers)), len(steps))
-            steps = steps[first:]
-        calls = [(k, True) for step in reversed(steps) for k in reversed(step.layers)]
-        if calls and not need_input_grad:
-            calls[-1] = (calls[-1][0], False)
-        return calls
+        return backward_calls(self.layers, self.plan, need_input_grad)
 
     def backward(self, grad: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         """grad: dL/d(output) -> dL/dx; fills every layer's grads (including weight decay).
@@ -150,10 +114,13 @@ class Model:
         load_arrays_into(targets, state, "weight", "the model")
 
     def summary(self) -> str:
-        """Keras-style table: layer, output shape, parameter count."""
+        """Keras-style table: layer, output shape, parameter count; a block's children are listed
+        below it, indented, each with its own output shape and count ("body.0: conv2d(...)")."""
         rows = [("", "input", str(self.input_shape), "")]
         for i, (layer, shape) in enumerate(zip(self.layers, self.shapes)):
             rows.append((i, layer.describe(), str(shape), f"{sum(p.size for p in layer.params.values()):,}"))
+            if isinstance(layer, Block):
+                rows += [("", *row) for row in layer.summary_rows()]
         table = format_table(("#", "layer", "output shape", "params"), rows, align="rllr", rule=True)
         line = rule_for(table)
         return "\n".join([line, table, line, f"total parameters: {self.num_params():,}  ({self.dtype.name})"])

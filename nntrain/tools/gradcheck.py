@@ -25,12 +25,12 @@ Making f a deterministic function of θ, smooth where it is compared:
   and the difference measures no derivative (a 32-channel 32x32 feature map of a batch of 4 has 131k
   units, and a weight moves thousands of them). Such crossings are detected exactly: every layer
   reports the discrete state of its last forward (`Layer.kink_state()`: relu's sign pattern, max-pool's
-  argmax offsets), and an entry counts only where the states at θ + h and θ − h both equal those at θ
-  (then f is smooth on [θ − h, θ + h], unless a unit crossed a kink and came back within h, which
-  takes a curvature of order 1/h). Otherwise it is re-measured with h/10, then h/100 (each judged
-  against its own rounding floor), and where the states differ even then, the entry is skipped and
-  counted ("kinks" in the table). The decision uses forward states alone, so a wrong backward pass
-  can never be excused as a kink.
+  argmax offsets; a block such as residual joins those of the layers inside it), and an entry counts
+  only where the states at θ + h and θ − h both equal those at θ (then f is smooth on [θ − h, θ + h],
+  unless a unit crossed a kink and came back within h, which takes a curvature of order 1/h).
+  Otherwise it is re-measured with h/10, then h/100 (each judged against its own rounding floor), and
+  where the states differ even then, the entry is skipped and counted ("kinks" in the table). The
+  decision uses forward states alone, so a wrong backward pass can never be excused as a kink.
 
 The forward runs in the model's plan (`Model.plan`, whose steps backward follows), and only steps
 from the one holding the perturbed layer onwards are re-run: each step's input and the Generator
@@ -62,9 +62,10 @@ _STEP_DIVISORS = (1.0, 10.0, 100.0)  # steps eps / each of these, tried in turn 
 @dataclass(frozen=True)
 class GradcheckRow:
     """Result for one tensor: `layer` is the layer index (None for the input), `tensor` the param name
-    ("W", "b", "gamma", ...) or "input"; `checked` entries were drawn (of `size`), `kinks` of them
-    skipped because every step crossed a kink; `max_rel_error` the largest r_i over the others (NaN
-    if none), `worst_index` where it occurred, `passed` whether it is ≤ `tol` (False if none was compared)."""
+    ("W", "b", "gamma", ...; inside a block its path, "body.0.W") or "input"; `checked` entries were
+    drawn (of `size`), `kinks` of them skipped because every step crossed a kink; `max_rel_error` the
+    largest r_i over the others (NaN if none), `worst_index` where it occurred, `passed` whether it is
+    ≤ `tol` (False if none was compared)."""
 
     layer: int | None
     layer_type: str

@@ -480,6 +480,10 @@ ALL_SPECS = [
     ({"type": "dropout", "p": 0.3}, (2, 5, 6)),
     ({"type": "batchnorm"}, (2, 5, 6)),
     ({"type": "batchnorm"}, (6,)),
+    ({"type": "global_avgpool"}, (2, 5, 6)),
+    ({"type": "residual", "body": [{"type": "conv2d", "out_channels": 3, "kernel_size": 3, "stride": 2, "padding": 1},
+                                   {"type": "relu"}, {"type": "conv2d", "out_channels": 3, "kernel_size": 3, "padding": 1}],
+      "shortcut": [{"type": "conv2d", "out_channels": 3, "kernel_size": 1, "stride": 2}]}, (2, 5, 6)),
 ]
 
 
@@ -587,6 +591,9 @@ EVAL_SPECS = [
     ({"type": "gelu"}, (7,)),
     ({"type": "gelu", "approximate": "tanh"}, (7,)),
     ({"type": "softmax"}, (7,)),
+    ({"type": "global_avgpool"}, (2, 5, 6)),
+    ({"type": "residual", "body": [{"type": "conv2d", "out_channels": 2, "kernel_size": 3, "padding": 1},
+                                   {"type": "relu"}]}, (2, 5, 6)),
 ]
 
 
@@ -827,3 +834,29 @@ def test_initialisers_have_their_variance(kind, var):
     if kind == "fan_in_uniform":  # PyTorch's default bound for nn.Linear(400, ...)
         bound = 1 / np.sqrt(400)
         assert w.max() <= bound and w.min() >= -bound and w.max() > 0.99 * bound
+
+
+# --- global_avgpool ------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 3, 5, 7), (2, 4, 1, 1), (3, 2, 8, 8), (2, 5, 1, 9)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_global_avgpool_matches_torch(shape, dtype, channels_last):
+    """y = mean over H, W (PyTorch's adaptive_avg_pool2d to 1x1, flattened); dx = g / (H·W) in the
+    input's memory layout."""
+    layer = make({"type": "global_avgpool"}, shape[1:], dtype)
+    x = (3 * np.random.default_rng(1).standard_normal(shape) + 1).astype(dtype)
+    if channels_last:
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    y, g, dx = run(layer, x)
+    assert y.shape == (shape[0], shape[1]) == (shape[0], *layer.output_shape(shape[1:]))
+    ty, tdx, _ = torch_fwd_bwd(lambda t: F.adaptive_avg_pool2d(t, 1).flatten(1), x, g)
+    close(y, ty, dtype)
+    close(dx, tdx, dtype)
+    if shape[2] * shape[3] > 1:   # (1x1 images are both layouts at once)
+        assert dx.transpose(0, 2, 3, 1).flags.c_contiguous == channels_last
+
+
+def test_global_avgpool_needs_images():
+    with pytest.raises(ShapeError, match="global_avgpool takes images"):
+        make({"type": "global_avgpool"}, (12,))
+

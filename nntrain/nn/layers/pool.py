@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from nntrain.errors import ConfigError
-from nntrain.nn.layers.base import LAYERS, Layer, Option, Shape
+from nntrain.nn.layers.base import LAYERS, Layer, Option, Shape, require_shape
 from nntrain.nn.layers.conv import conv_output_size, window_output_hw
 from nntrain.nn.parallel import split
 
@@ -228,3 +228,30 @@ class AvgPool2D(_Pool2D):
             raise self._no_cache()
         share = grad * (1.0 / len(self._geom[2]))
         return self._grad_input(share, lambda o, g, out, s: np.copyto(out, g))
+
+
+@LAYERS.register("global_avgpool")
+class GlobalAvgPool(Layer):
+    """(N, C, H, W) -> (N, C): y[n, c] = 1/(H·W) · Σ_{i,j} x[n, c, i, j], the mean of each channel
+    (PyTorch's adaptive_avg_pool2d to 1x1, flattened); dx[n, c, i, j] = g[n, c] / (H·W).
+
+    dx is allocated in the input's memory layout (channels-last stays channels-last)."""
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        require_shape(self, input_shape, 3, "global_avgpool takes images (C, H, W)")
+        return (input_shape[0],)
+
+    def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+        n, c, h, w = x.shape
+        y = np.empty((n, c), dtype=x.dtype)
+        split(self.workers, lambda s: np.mean(x[s], axis=(2, 3), dtype=x.dtype, out=y[s]), n, c * h * w)
+        self._in = (x.shape, is_channels_last(x)) if train else None
+        return y
+
+    def backward(self, grad: np.ndarray, need_input_grad: bool = True) -> np.ndarray:
+        shape, cl = self._cached("_in")
+        n, c, h, w = shape
+        dx = empty_in_layout(shape, grad.dtype, cl)
+        scale = grad.dtype.type(1.0 / (h * w))
+        split(self.workers, lambda s: np.multiply(grad[s, :, None, None], scale, out=dx[s]), n, c * h * w)
+        return dx
