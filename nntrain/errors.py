@@ -43,6 +43,26 @@ class ConfigError(NNTrainError):
         return (type(self), (self.message, self.path, self.source, self.line))
 
 
+class ConfigErrors(ConfigError):
+    """Several independent mistakes in one config, reported in one pass; the first gives the path and
+    line that `path`/`line` name, and the message lists every one on its own line."""
+
+    def __init__(self, errors: list[ConfigError]):
+        self.errors = list(errors)
+        first = self.errors[0]
+        super().__init__(first.message, first.path, first.source, first.line)
+
+    def _render(self) -> str:
+        return f"{len(self.errors)} problems in the config:\n" + "\n".join(
+            "  " + e._render() for e in self.errors)
+
+    def located(self, source: str | None = None, line: int | None = None, prefix: str = "") -> "ConfigErrors":
+        return ConfigErrors([e.located(source, line, prefix) for e in self.errors])
+
+    def __reduce__(self):
+        return (type(self), (self.errors,))
+
+
 class ShapeError(ConfigError):
     """A layer cannot take the shape it is given (a kernel larger than its input, linear on 4-D)."""
 

@@ -20,7 +20,7 @@ from nntrain.config.overrides import apply_overrides_tracked
 from nntrain.config.schema import default_name, validate
 from nntrain.options import plain
 from nntrain.config.yamlsafe import parse_yaml, read_text
-from nntrain.errors import ConfigError
+from nntrain.errors import ConfigError, ConfigErrors
 
 __all__ = ["apply_overrides", "dump_config", "load_config", "parse_config_text", "validate_config"]
 
@@ -50,13 +50,18 @@ def _override_for(path: str, applied: list[tuple[str, str]]) -> str | None:
 
 def _validate_located(raw: Any, source: str | None, lines: Mapping[str, int],
                       applied: list[tuple[str, str]], name: str | None) -> dict[str, Any]:
-    try:
-        return validate(raw, name)
-    except ConfigError as e:
+    def located(e: ConfigError) -> ConfigError:
         override = _override_for(e.path, applied)
         if override is not None:
-            raise type(e)(f"{e.message} (set by the override '{override}')", e.path, source) from None
-        raise type(e)(e.message, e.path, source, _line_for(e.path, lines)) from None
+            return type(e)(f"{e.message} (set by the override '{override}')", e.path, source)
+        return type(e)(e.message, e.path, source, _line_for(e.path, lines))
+
+    try:
+        return validate(raw, name)
+    except ConfigErrors as e:
+        raise ConfigErrors([located(err) for err in e.errors]) from None
+    except ConfigError as e:
+        raise located(e) from None
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from nntrain.data.augment import AUGMENTATIONS
 from nntrain.data.registry import DATASETS, DatasetInfo, dataset_info
-from nntrain.errors import ConfigError
+from nntrain.errors import ConfigError, ConfigErrors
 from nntrain.nn.layers import LAYERS
 from nntrain.nn.layers.blocks import leaves
 from nntrain.nn.losses import LOSSES
@@ -213,6 +213,17 @@ def _gb(n: int) -> str:
     return f"{n / 1e9:,.1f} GB" if n >= 1e8 else f"{n / 1e6:,.1f} MB"
 
 
+def _collect(errors: list[ConfigError], check: Any) -> Any:
+    """check() or, where it raises ConfigError(s), None with the error(s) appended to `errors`."""
+    try:
+        return check()
+    except ConfigErrors as e:
+        errors.extend(e.errors)
+    except ConfigError as e:
+        errors.append(e)
+    return None
+
+
 def validate(raw: Any, default_name_: str | None = None, available_memory: int | None = -1) -> dict[str, Any]:
     """The resolved config of `raw`, or a ConfigError with the key path (no file or line).
 
@@ -226,23 +237,31 @@ def validate(raw: Any, default_name_: str | None = None, available_memory: int |
         if key not in raw:
             raise ConfigError(f"missing required section '{key}'; a config needs {', '.join(REQUIRED_TOP_LEVEL)}",
                               key)
-    cfg: dict[str, Any] = {"name": _name(raw, default_name_)}
-    cfg["seed"] = TOP_OPTIONS["seed"].validate(raw.get("seed", 0), "seed")
-    cfg["data"] = _data(raw["data"])
-    info = dataset_info(cfg["data"]["dataset"])
-    cfg["model"] = _model(raw["model"], info)
+    # Sections are checked one after another, each mistake collected, so one run reports them all;
+    # a section that depends on a failed one (model shapes on data.dataset) is skipped.
+    errors: list[ConfigError] = []
+    cfg: dict[str, Any] = {}
+    cfg["name"] = _collect(errors, lambda: _name(raw, default_name_))
+    cfg["seed"] = _collect(errors, lambda: TOP_OPTIONS["seed"].validate(raw.get("seed", 0), "seed"))
+    cfg["data"] = _collect(errors, lambda: _data(raw["data"]))
+    info = dataset_info(cfg["data"]["dataset"]) if cfg["data"] else None
+    if info is not None:
+        cfg["model"] = _collect(errors, lambda: _model(raw["model"], info))
     loss = raw.get("loss")
     if loss is None or (isinstance(loss, Mapping) and "type" not in loss):
         loss = {"type": "softmax_cross_entropy", **(loss or {})}
-    cfg["loss"] = LOSSES.resolve(loss, "loss", {"num_classes": info.num_classes})   # class_weights: one per class
-    cfg["optimizer"] = OPTIMIZERS.resolve(raw["optimizer"], "optimizer")
-    train = _train(raw.get("train"), cfg["data"]["val_size"])  # before the scheduler: it needs epochs
+    if info is not None:   # class_weights: one per class
+        cfg["loss"] = _collect(errors, lambda: LOSSES.resolve(loss, "loss", {"num_classes": info.num_classes}))
+    cfg["optimizer"] = _collect(errors, lambda: OPTIMIZERS.resolve(raw["optimizer"], "optimizer"))
+    train = cfg["train"] = _collect(errors, lambda: _train(raw.get("train"), (cfg["data"] or {}).get("val_size", 1)))
     scheduler = raw.get("scheduler")
-    if scheduler is not None:
+    if scheduler is not None and train and cfg["optimizer"]:
         # the optimizer too: onecycle's cycle_momentum needs one with a momentum (or beta1) to cycle
-        scheduler = SCHEDULERS.resolve(scheduler, "scheduler",
-                                       {"epochs": train["epochs"], "optimizer": cfg["optimizer"]})
-    cfg["scheduler"] = scheduler
-    cfg["train"] = train
+        scheduler = _collect(errors, lambda: SCHEDULERS.resolve(
+            scheduler, "scheduler", {"epochs": train["epochs"], "optimizer": cfg["optimizer"]}))
+    cfg = {key: cfg.get(key) for key in ("name", "seed", "data", "model", "loss", "optimizer")}
+    cfg["scheduler"], cfg["train"] = scheduler, train
+    if errors:
+        raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
     _check_memory(cfg, info, _available_memory() if available_memory == -1 else available_memory)
     return cfg

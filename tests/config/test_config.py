@@ -369,3 +369,24 @@ def test_every_shipped_config_takes_a_one_epoch_smoke_run(path: Path, caplog) ->
         assert cfg["scheduler"]["warmup_epochs"] == 0
         if load_config(path)["scheduler"]["warmup_epochs"] > 0:
             assert "warmup shortened to 0" in caplog.text
+
+
+def test_every_mistake_of_a_file_is_reported_in_one_pass(tmp_path: Path) -> None:
+    """Independent sections are all checked: a typo in data, a bad lr and zero epochs come together,
+    each with its own line and key path (the first names the error's path and line)."""
+    text = ("name: bad\ndata: {dataset: mnist-mini, val_sise: 3}\nmodel:\n  - {type: flatten}\n"
+            "  - {type: linear, out_features: 10}\noptimizer: {type: sgd, lr: -1}\ntrain: {epochs: 0}\n")
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert msg.startswith("3 problems in the config:")
+    assert f"{path}, line 2: data.val_sise: unknown key" in msg
+    assert f"{path}, line 6: optimizer.lr: got -1" in msg and f"{path}, line 7: train.epochs: got 0" in msg
+    assert (e.value.path, e.value.line) == ("data.val_sise", 2)
+    # with a good data section the model is checked too, beside the optimizer and train sections
+    path.write_text(text.replace(", val_sise: 3", "").replace("out_features: 10", "out_features: 7"))
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value).startswith("3 problems") and "model[1]: the last layer outputs shape (7,)" in str(e.value)
