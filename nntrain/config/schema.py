@@ -52,7 +52,8 @@ TRAIN_OPTIONS = {
     "eval_batch_size": Option("int", 256, minimum=1,
                               doc="batch size for validation and test; conv im2col memory grows with it"),
     "checkpoint_monitor": Option("str", None, choices=MONITORS, nullable=True,
-                                 doc="metric that picks best.npz; null: val_acc (train_acc when val_size is 0)"),
+                                 doc="metric that picks best.npz; null: early stopping's monitor if there is one, else "
+                                     "val_acc (train_acc when val_size is 0)"),
 }
 EARLY_STOPPING_OPTIONS = {
     "monitor": Option("str", None, choices=MONITORS, nullable=True,
@@ -162,12 +163,16 @@ def _monitor(value: str | None, val_size: int, path: str) -> str:
 
 def _train(raw: Any, val_size: int) -> dict[str, Any]:
     train = _section(raw if raw is not None else {}, "train")
-    train["checkpoint_monitor"] = _monitor(train["checkpoint_monitor"], val_size, "train.checkpoint_monitor")
     es = (raw or {}).get("early_stopping")
     if es is not None:
         es = _section(es, "train.early_stopping")
         es["monitor"] = _monitor(es["monitor"], val_size, "train.early_stopping.monitor")
     train["early_stopping"] = es
+    if train["checkpoint_monitor"] is None and es is not None:
+        # stopping on a metric and keeping the best checkpoint by another would restore weights the
+        # stopping rule never judged: best.npz follows early stopping's metric unless set apart
+        train["checkpoint_monitor"] = es["monitor"]
+    train["checkpoint_monitor"] = _monitor(train["checkpoint_monitor"], val_size, "train.checkpoint_monitor")
     return train
 
 

@@ -390,3 +390,16 @@ def test_every_mistake_of_a_file_is_reported_in_one_pass(tmp_path: Path) -> None
     with pytest.raises(ConfigError) as e:
         load_config(path)
     assert str(e.value).startswith("3 problems") and "model[1]: the last layer outputs shape (7,)" in str(e.value)
+
+
+def test_best_checkpoint_follows_the_early_stopping_metric(tmp_path: Path) -> None:
+    """Early stopping on val_loss keeps best.npz by val_loss too, unless checkpoint_monitor says otherwise."""
+    base = ("data: {dataset: mnist-mini}\nmodel: [{type: flatten}, {type: linear, out_features: 10}]\n"
+            "optimizer: {type: sgd, lr: 0.1}\n")
+    path = tmp_path / "c.yaml"
+    path.write_text(base + "train: {early_stopping: {monitor: val_loss}}\n")
+    assert load_config(path)["train"]["checkpoint_monitor"] == "val_loss"
+    path.write_text(base + "train: {checkpoint_monitor: val_acc, early_stopping: {monitor: val_loss}}\n")
+    assert load_config(path)["train"]["checkpoint_monitor"] == "val_acc"
+    path.write_text(base)
+    assert load_config(path)["train"]["checkpoint_monitor"] == "val_acc"
