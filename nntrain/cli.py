@@ -297,18 +297,14 @@ def eval_cmd(target: str, split: str, batch_size: int, data_root: str | None, pe
       nntrain eval runs/mnist-cnn-20261125-101500/checkpoints/best.npz --split val
       nntrain eval runs/mnist-cnn-20261125-101500 --perturb rotate=0,5,10,15,20 --perturb noise=0,0.1,0.2
     """
-    from nntrain.tools.report import evaluate_run
+    from nntrain.tools.report import evaluate_run, write_results
     from nntrain.training.run_folder import load_run
 
     perturbations = _parse_perturb(perturb)
     run = load_run(target)
     report = evaluate_run(run, split, batch_size, data_root, perturbations)
     click.echo(report.format())
-    for path in report.save(Path(out) if out else run.out_dir):
-        click.echo(f"wrote {path}", err=True)
-    from nntrain.tools.weight_images import save_model_figures
-
-    for path in save_model_figures(run.model, (Path(out) if out else run.out_dir) / "plots"):
+    for path in write_results(report, run, Path(out) if out else run.out_dir, out_given=out is not None):
         click.echo(f"wrote {path}", err=True)
 
 

@@ -13,14 +13,14 @@ from typing import Sequence
 
 import numpy as np
 
-from nntrain.atomic import atomic_write_text
+from nntrain.atomic import WriteError, atomic_write_text, make_dir
 from nntrain.errors import ConfigError
 from nntrain.training.evaluate import Evaluation, evaluate
 from nntrain.nn.losses import build_loss
 from nntrain.data.prepare import prepare
 from nntrain.rng import stream
 from nntrain.tables import format_table
-from nntrain.training.run_folder import LoadedRun
+from nntrain.training.run_folder import LoadedRun, RunLock
 
 log = logging.getLogger("nntrain")
 
@@ -81,8 +81,7 @@ class EvalReport:
         """eval/metrics.json, eval/confusion.csv, plots/confusion.png, plots/misclassified.png (+ robustness)."""
         from nntrain.training.plots import plot_confusion, tile_grid
 
-        eval_dir, plots_dir = out_dir / "eval", out_dir / "plots"
-        eval_dir.mkdir(parents=True, exist_ok=True)
+        eval_dir, plots_dir = make_dir(out_dir / "eval"), make_dir(out_dir / "plots")
         written = [eval_dir / "metrics.json", eval_dir / "confusion.csv", plots_dir / "confusion.png",
                    plots_dir / "misclassified.png"]
         atomic_write_text(written[0], json.dumps(self.metrics(), indent=2) + "\n")
@@ -130,3 +129,26 @@ def evaluate_run(run: LoadedRun, split: str = "test", batch_size: int = 256, dat
             rows.append((float(level), acc))
         report.robustness[kind] = rows
     return report
+
+
+EVAL_LOCK_WAIT = 120.0   # seconds one `eval` waits for another saving into the same folder
+
+
+def write_results(report: EvalReport, run: LoadedRun, out_dir: str | Path, out_given: bool = False) -> list[Path]:
+    """Save `report` and the model's weight figures into out_dir/eval and out_dir/plots, holding the
+    folder's lock: never while a training writes it (refused, naming it), never at the same time as
+    another `eval` (waited for). Returns the files written."""
+    from nntrain.tools.weight_images import save_model_figures
+
+    out_dir = Path(out_dir)
+    try:
+        make_dir(out_dir)
+        with RunLock(out_dir, "nntrain eval").acquire(EVAL_LOCK_WAIT, wait_for={"nntrain eval"}):
+            written = report.save(out_dir)
+            written += save_model_figures(run.model, out_dir / "plots")
+    except WriteError as e:
+        if out_given:
+            raise
+        raise WriteError(f"{e}; the results printed above were not saved: give --out DIR to save them "
+                         "elsewhere") from None
+    return written

@@ -38,6 +38,13 @@ class Checkpoint:
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
+def printable(text: str, limit: int = 200) -> str:
+    """`text` safe to print on a terminal: control characters (escape sequences, carriage returns) shown
+    as `?`, cut at `limit` characters. For strings read from files nntrain does not trust."""
+    clean = "".join(c if c.isprintable() else "?" for c in text)
+    return clean if len(clean) <= limit else clean[:limit - 3] + "..."
+
+
 def _has_end_record(path: Path) -> bool:
     """Whether the zip end-of-central-directory record is where it belongs (a truncated file lacks it)."""
     try:

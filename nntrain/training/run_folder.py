@@ -10,23 +10,168 @@ can be rebuilt from the file alone.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
+import logging
 import os
+import socket
+import stat
+import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Collection
 
 import numpy as np
 
-from nntrain.atomic import WriteError, create_unique_dir
+from nntrain.atomic import WriteError, create_unique_dir, make_dir, process_alive, reason
 from nntrain.errors import CheckpointError, NNTrainError
 from nntrain.nn.model import Model, build_model
-from nntrain.training.checkpoint import Checkpoint, load_checkpoint
+from nntrain.training.checkpoint import Checkpoint, load_checkpoint, printable
+
+log = logging.getLogger("nntrain")
+
+LOCK_NAME = ".lock"
+
+
+class RunInUse(NNTrainError):
+    """Another process is writing the run folder (training, resuming, or `eval` saving its results)."""
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds (or last held) a run folder's lock, as its `.lock` file says (untrusted text, sanitised)."""
+
+    pid: int | None
+    host: str
+    command: str
+    started: str
+
+    def __str__(self) -> str:
+        return f"pid {self.pid if self.pid is not None else '?'} on {self.host} ({self.command}, since {self.started})"
+
+    @classmethod
+    def read(cls, fd: int) -> LockHolder | None:
+        """The holder recorded in an open lock file; None when it is empty (released cleanly or new)."""
+        try:
+            raw = os.pread(fd, 4096, 0)
+        except OSError:
+            return None
+        if not raw.strip():
+            return None
+        try:
+            info = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            info = None
+        if not isinstance(info, dict):
+            return cls(None, "?", "unreadable lock file", "?")
+        pid = info.get("pid")
+        return cls(pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else None,
+                   *(printable(str(info.get(k, "?")), 120) for k in ("host", "command", "started")))
+
+
+class RunLock:
+    """An advisory lock (`flock`) on `<folder>/.lock`, held by the one process writing the folder.
+
+    The file names the holder (pid, host, command, start time) for the message a refused process
+    prints. The kernel drops a flock when its process dies, however it dies, so a lock left by a
+    killed process is free: the next writer takes it over and says whose it was. A clean release
+    deletes the file while still holding the lock; an acquirer checks that the file it locked is still
+    the one at the path, so a release racing with an acquire never lets two processes in.
+    """
+
+    def __init__(self, folder: str | os.PathLike, command: str):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self.command = command
+        self.fd: int | None = None
+
+    def acquire(self, wait: float = 0.0, wait_for: Collection[str] = ()) -> RunLock:
+        """Take the lock, or raise RunInUse naming the holder. While the holder's command is one of
+        `wait_for` (two `eval`s saving results), wait up to `wait` seconds for it instead."""
+        deadline = time.monotonic() + wait
+        waiting = False
+        while True:
+            fd = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = LockHolder.read(fd)
+                for _ in range(40):   # the holder writes its label just after taking the lock
+                    if holder is not None:
+                        break
+                    time.sleep(0.025)
+                    holder = LockHolder.read(fd)
+                os.close(fd)
+                if holder is not None and holder.command in wait_for and time.monotonic() < deadline:
+                    if not waiting:
+                        log.info("waiting for %s to finish writing %s", holder, self.folder)
+                        waiting = True
+                    time.sleep(0.1)
+                    continue
+                raise RunInUse(f"run folder {self.folder} is in use by {holder or 'another process'}: one "
+                               "process at a time writes a run folder; wait until it has finished"
+                               + ("" if self.command.startswith("nntrain train") else
+                                  ", or write the results elsewhere with --out")) from None
+            except OSError as e:  # a file system without locks (some network and FUSE mounts)
+                log.warning("cannot lock %s (%s): nothing stops another nntrain process from writing the "
+                            "run folder at the same time", self.path, reason(e))
+            try:
+                same = os.stat(self.path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+            except OSError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # locked a file its holder deleted on release: lock the one at the path now
+        previous = LockHolder.read(fd)
+        if previous is not None:
+            alive = previous.pid is not None and previous.host == socket.gethostname() and process_alive(previous.pid)
+            log.warning("run folder %s: taking over the lock of %s, which %s", self.folder, previous,
+                        "does not hold it (a reused pid)" if alive else "is no longer running")
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
+                "started": datetime.now().isoformat(timespec="seconds")}
+        with contextlib.suppress(OSError):   # a full disk: the lock holds even without its label
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
+        self.fd = fd
+        return self
+
+    def _open(self) -> int:
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            return os.open(self.path, flags, 0o644)
+        except OSError as e:
+            raise WriteError(f"cannot write in {self.folder}: {reason(e)} (taking its lock {self.path} "
+                             "failed)") from None
+
+    def release(self) -> None:
+        """Delete the lock file, then let go of the lock (closing the descriptor drops the flock)."""
+        if self.fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        self.fd = None
+
+    def __enter__(self) -> RunLock:
+        return self if self.fd is not None else self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 class RunFolder:
-    """The paths of one run folder (nothing is created until `create` or `new`)."""
+    """The paths of one run folder (nothing is created until `create` or `new`).
+
+    `create` and `new` make the folder and take its lock (`RunLock`) in one step; `acquire` takes the
+    lock of an existing folder (resume). The writer holds it until `release`."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self.lock: RunLock | None = None
+        self.created = False     # this process made the folder (so a failed start may remove it)
 
     def __str__(self) -> str:
         return str(self.path)
@@ -42,21 +187,61 @@ class RunFolder:
     eval = property(lambda self: self.path / "eval", doc="results of `nntrain eval`")
 
     @classmethod
-    def new(cls, name: str, base: str | os.PathLike = "runs") -> RunFolder:
+    def new(cls, name: str, base: str | os.PathLike = "runs", command: str = "nntrain train") -> RunFolder:
         """A fresh `base/<name>-<timestamp>` folder, never shared by two runs started in the same second."""
-        return cls(create_unique_dir(base, name))
+        folder = cls(create_unique_dir(base, name))
+        folder.created = True
+        folder.acquire(command)
+        return folder
 
     @classmethod
-    def create(cls, path: str | os.PathLike) -> RunFolder:
-        """A run folder at `path` (a --run-dir), which must not exist or be empty."""
+    def check_new(cls, path: str | os.PathLike) -> RunFolder:
+        """Refuse at once, before any work, a --run-dir that cannot become a new run folder: one that exists
+        and is not an empty folder (a file, a dangling symlink, a finished run), or a path the file system
+        rejects (a name over 255 bytes, a path through a file). Nothing is created."""
         folder = cls(path)
-        if folder.path.exists() and (not folder.path.is_dir() or any(folder.path.iterdir())):
+        try:
+            st = os.lstat(folder.path)
+        except FileNotFoundError:
+            return folder
+        except OSError as e:
+            raise WriteError(f"cannot use {folder.path} as a run folder: {reason(e)}") from None
+        if stat.S_ISLNK(st.st_mode) and not folder.path.exists():
+            raise WriteError(f"cannot use {folder.path} as a run folder: it is a symbolic link to "
+                             f"{os.readlink(folder.path)}, which does not exist")
+        if not folder.path.is_dir():
+            raise NNTrainError(f"cannot use {folder.path} as a run folder: it is a file, not a folder")
+        if folder._has_files():
             raise NNTrainError(f"run folder {folder.path} already exists and is not empty; choose another "
                                "--run-dir or use --resume to continue it")
+        return folder
+
+    def _has_files(self) -> bool:
         try:
-            folder.path.mkdir(parents=True, exist_ok=True)
+            return any(p.name != LOCK_NAME for p in self.path.iterdir())
         except OSError as e:
-            raise WriteError(f"cannot create the run folder {folder.path}: {e.strerror or e}") from e
+            raise WriteError(f"cannot use {self.path} as a run folder: {reason(e)}") from None
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, command: str = "nntrain train") -> RunFolder:
+        """A run folder at `path` (a --run-dir), which must not exist or be empty; made and locked so that of
+        two runs given the same --run-dir at the same moment exactly one gets it."""
+        folder = cls.check_new(path)
+        make_dir(folder.path.parent)
+        try:
+            os.mkdir(folder.path)
+            folder.created = True
+        except FileExistsError:
+            pass   # an empty folder (checked above), or another run's folder made just now: the lock decides
+        except OSError as e:
+            raise WriteError(f"cannot create the run folder {folder.path}: {reason(e)}") from None
+        folder.acquire(command)
+        if not folder.created:
+            try:   # under the lock: no other run started in it since the check above
+                cls.check_new(path)
+            except BaseException:
+                folder.release()
+                raise
         return folder
 
     @classmethod
@@ -68,13 +253,35 @@ class RunFolder:
                                   "(is it a run folder made by nntrain train?)")
         return folder
 
+    def acquire(self, command: str, wait: float = 0.0, wait_for: Collection[str] = ()) -> RunFolder:
+        """Take the folder's lock as its one writer (RunInUse naming the holder when another process has it)."""
+        self.lock = RunLock(self.path, command).acquire(wait, wait_for)
+        return self
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
     def make_dirs(self) -> None:
         """checkpoints/ and plots/ (config.yaml and the rest are files written atomically)."""
         for d in (self.checkpoints, self.plots):
-            try:
-                d.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise WriteError(f"cannot create {d}: {e.strerror or e}") from e
+            make_dir(d)
+
+    def remove_start(self) -> None:
+        """Undo a start that failed before training began: the files a start writes, the empty subfolders,
+        the lock, and the folder itself when this process made it and it is empty now. Nothing else is
+        touched (rmdir, never a recursive delete)."""
+        for f in (self.config, self.log):
+            with contextlib.suppress(OSError):
+                f.unlink()
+        for d in (self.checkpoints, self.plots):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        self.release()
+        if self.created:
+            with contextlib.suppress(OSError):
+                self.path.rmdir()
 
 
 @dataclass

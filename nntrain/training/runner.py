@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from nntrain.atomic import atomic_write_text
+from nntrain.atomic import WriteError, atomic_write_text, open_for_write, reason
 from nntrain.config import dump_config
 from nntrain.data import num_batches
 from nntrain.data.augment import build_augment
@@ -118,16 +118,81 @@ def _stop_on_signals(trainer: Trainer) -> Iterator[list[int]]:
             signal.signal(sig, h)
 
 
+class RunLog(logging.Handler):
+    """log.txt. Records logged before the run folder exists (data loading) are held in memory and written
+    once `open` has the file; the file is opened with O_NOFOLLOW (a symlink planted as log.txt is
+    refused) and written unbuffered, so nothing is left to fail at close.
+
+    A failed write (a full disk) prints no traceback per record, as logging's FileHandler does: the first
+    error is kept in `error`, later records are dropped, `on_error` is called once (training uses it to
+    stop cleanly) and the caller reports the error once."""
+
+    MAX_PENDING = 10_000
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        self.path: Path | None = None
+        self.error: OSError | None = None
+        self.on_error: Callable[[], None] | None = None
+        self._fd: int | None = None
+        self._pending: list[str] = []
+
+    def open(self, path: Path) -> None:
+        fd = open_for_write(path, append=True)
+        with self.lock:   # type: ignore[union-attr]
+            self._fd, self.path = fd, path
+            pending, self._pending = self._pending, []
+            for line in pending:
+                self._write(line)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + "\n"
+        except Exception:  # noqa: BLE001 - a bad format string is logging's own business
+            self.handleError(record)
+            return
+        if self._fd is None:
+            if len(self._pending) < self.MAX_PENDING:
+                self._pending.append(line)
+            return
+        self._write(line)
+
+    def _write(self, line: str) -> None:
+        if self.error is not None or self._fd is None:
+            return
+        data = line.encode("utf-8", "backslashreplace")
+        try:
+            while data:
+                data = data[os.write(self._fd, data):]
+        except OSError as e:
+            self.error = e
+            if self.on_error is not None:
+                self.on_error()
+
+    def failure(self, what: str) -> WriteError:
+        """The WriteError to raise for the kept error; `what` says what became of the run."""
+        assert self.error is not None
+        return WriteError(f"could not write {self.path}: {reason(self.error)}; {what}")
+
+    def close(self) -> None:
+        with self.lock:   # type: ignore[union-attr]
+            if self._fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._fd)
+                self._fd = None
+        super().close()
+
+
 @contextlib.contextmanager
-def _log_to(path: Path) -> Iterator[None]:
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    handler.setLevel(logging.INFO)
+def _run_log() -> Iterator[RunLog]:
+    """A RunLog attached to the `nntrain` logger for the duration of a run."""
+    handler = RunLog()
     log.addHandler(handler)
     if log.getEffectiveLevel() > logging.INFO:  # library use without the CLI: log.txt still gets the epochs
         log.setLevel(logging.INFO)
     try:
-        yield
+        yield handler
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -171,49 +236,85 @@ def train(cfg: Mapping[str, Any], run_dir: str | os.PathLike | None = None, *,
     resume: a run folder to continue from its last.npz (cfg from `resume_config`; `forced`: the key
     paths --force changed, recorded in config.yaml and the log); run_dir: the folder to create (new or
     empty); otherwise runs/<name>-<timestamp>. `callbacks` run after early stopping, before checkpoints.
+
+    The run folder is locked for the whole run (one writer per folder). A new run folder is created only
+    once everything it needs is ready (data loaded, parts built, --init-from read), so a start that fails
+    leaves nothing behind; a failure after it was created but before training began removes it again.
     """
-    if resume is not None:
-        folder = RunFolder.existing(resume)
-    elif run_dir is not None:
-        folder = RunFolder.create(run_dir)
-    else:
-        folder = RunFolder.new(cfg["name"], runs_base)
-    with _log_to(folder.log):
-        data = prepare(cfg["data"], int(cfg["seed"]), progress=progress is not False)
-        es = cfg["train"]["early_stopping"]
-        stops = [EarlyStopping(es["monitor"], es["patience"], es["mode"], es["min_delta"])] if es else []
-        checkpoints, metrics = Checkpoints(folder, cfg["train"]["checkpoint_monitor"]), MetricsLog(folder)
-        trainer = Trainer(build_parts(cfg, data.info.input_shape, data.train_y), data, epochs=cfg["train"]["epochs"],
-                          batch_size=cfg["train"]["batch_size"], eval_batch_size=cfg["train"]["eval_batch_size"],
-                          callbacks=[*stops, *callbacks, checkpoints, metrics], progress=progress,
-                          snapshot=lambda t: snapshot(t, cfg))
-        if resume is not None:
-            restore(trainer, load_checkpoint(folder.last), folder.last)
-            _write_config(folder, cfg, forced)
-            s = trainer.state
-            if s.history:  # a run killed between last.npz and metrics.csv: the file catches up here
-                metrics.write(s.history)
-            done = s.epoch >= trainer.epochs or s.stopped_early
-            log.info("run %s is complete (%d epochs): evaluating the test set again" if done else
-                     "resumed at epoch %d, batch %d", *((folder.path, s.epoch) if done else (s.epoch + 1, s.batch)))
-        else:
-            folder.make_dirs()
-            atomic_write_text(folder.config, dump_config(cfg))
-            if init_from:
-                _init_weights(trainer, init_from)
-        if on_start:
-            on_start(trainer, folder)
-        _run(trainer, folder)
-        return folder.path, _finish(trainer, folder, cfg, checkpoints)
+    folder: RunFolder | None = None
+    started = ok = False
+    with _run_log() as runlog:
+        try:
+            if resume is not None:
+                folder = RunFolder.existing(resume).acquire("nntrain train --resume")
+                runlog.open(folder.log)
+            elif run_dir is not None:
+                RunFolder.check_new(run_dir)   # refused before any work
+            data = prepare(cfg["data"], int(cfg["seed"]), progress=progress is not False)
+            parts = build_parts(cfg, data.info.input_shape, data.train_y)
+            if resume is None and init_from:
+                _init_weights(parts, init_from)
+            if folder is None:
+                folder = (RunFolder.create(run_dir) if run_dir is not None
+                          else RunFolder.new(cfg["name"], runs_base))
+                runlog.open(folder.log)
+                folder.make_dirs()
+                atomic_write_text(folder.config, dump_config(cfg))
+            es = cfg["train"]["early_stopping"]
+            stops = [EarlyStopping(es["monitor"], es["patience"], es["mode"], es["min_delta"])] if es else []
+            checkpoints, metrics = Checkpoints(folder, cfg["train"]["checkpoint_monitor"]), MetricsLog(folder)
+            trainer = Trainer(parts, data, epochs=cfg["train"]["epochs"], batch_size=cfg["train"]["batch_size"],
+                              eval_batch_size=cfg["train"]["eval_batch_size"],
+                              callbacks=[*stops, *callbacks, checkpoints, metrics], progress=progress,
+                              snapshot=lambda t: snapshot(t, cfg))
+            runlog.on_error = lambda: setattr(trainer, "stop_requested", True)
+            if runlog.error is not None:
+                runlog.on_error()
+            if resume is not None:
+                restore(trainer, load_checkpoint(folder.last), folder.last)
+                _write_config(folder, cfg, forced)
+                s = trainer.state
+                if s.history:  # a run killed between last.npz and metrics.csv: the file catches up here
+                    metrics.write(s.history)
+                done = s.epoch >= trainer.epochs or s.stopped_early
+                log.info("run %s is complete (%d epochs): evaluating the test set again" if done else
+                         "resumed at epoch %d, batch %d",
+                         *((folder.path, s.epoch) if done else (s.epoch + 1, s.batch)))
+            elif init_from:
+                log.info("initialised weights from %s (fresh optimizer state)", init_from)
+            if on_start:
+                on_start(trainer, folder)
+            started = True
+            _run(trainer, folder, runlog)
+            summary = _finish(trainer, folder, cfg, checkpoints)
+            if runlog.error is not None:
+                raise runlog.failure("the run finished and its other files (checkpoints, metrics.csv, "
+                                     "test.json) are complete")
+            ok = True
+            return folder.path, summary
+        except WriteError as e:   # a full disk hits the log first: one message says both
+            if runlog.error is not None and runlog.path is not None and str(runlog.path) not in str(e):
+                raise WriteError(f"{e}; {runlog.path} could not be written either ({reason(runlog.error)})") from None
+            raise
+        finally:
+            if not ok and folder is not None and folder.lock is not None and resume is None and not started:
+                folder.remove_start()
+            if folder is not None:
+                folder.release()
 
 
-def _run(trainer: Trainer, folder: RunFolder) -> None:
-    """trainer.run(), with signals turned into a saved stop and errors naming the run's files."""
+def _run(trainer: Trainer, folder: RunFolder, runlog: RunLog) -> None:
+    """trainer.run(), with signals turned into a saved stop and errors naming the run's files. A failed
+    write of log.txt stops the run like a signal (the batch finished, last.npz saved), then is reported."""
     resume = f"nntrain train --resume {shlex.quote(str(folder.path))}"
     with _stop_on_signals(trainer) as received:
         try:
             trainer.run()
         except Interrupted as e:
+            if runlog.error is not None and not received:
+                raise runlog.failure(f"training stopped at epoch {trainer.state.epoch + 1}, batch "
+                                     f"{trainer.state.batch} after saving {folder.last}; make room, then resume "
+                                     f"with: {resume}") from None
             err = Interrupted(f"{e}; the run was saved to {folder.last}. Resume with: {resume}")
             if signal.SIGTERM in received:
                 err.exit_code = 143
@@ -242,13 +343,14 @@ def _write_config(folder: RunFolder, cfg: Mapping[str, Any], forced: Sequence[st
                     folder.config, "missing" if current is None else "edited")
 
 
-def _init_weights(trainer: Trainer, path: str) -> None:
+def _init_weights(parts: Parts, path: str) -> None:
+    """Load the weights of checkpoint `path` into the model (before any run folder exists, so a refused
+    checkpoint leaves nothing behind)."""
     ckpt = load_checkpoint(path)
     try:
-        trainer.parts.model.load_state_dict(ckpt.params)
+        parts.model.load_state_dict(ckpt.params)
     except CheckpointError as e:  # a checkpoint of another architecture: name the file
         raise CheckpointError(f"cannot initialise from {path}: {e}") from None
-    log.info("initialised weights from %s (fresh optimizer state)", path)
 
 
 def _finish(trainer: Trainer, folder: RunFolder, cfg: Mapping[str, Any], checkpoints: Checkpoints) -> dict:

@@ -48,7 +48,7 @@ class DiskFault:
 
         def mkstemp(*args, **kwargs):
             prefix = kwargs.get("prefix", "")
-            if fault.name is None or prefix == f".{fault.name}.":
+            if fault.name is None or prefix.startswith(f".{fault.name}.pid"):
                 fault.seen += 1
                 if fault.seen == fault.nth:
                     fault.armed = True
