@@ -221,7 +221,7 @@ def parse_sweep(text: str, source: str, overrides: Iterable[str] = (), base_text
             raise at.error(f"missing '{key}'; a sweep file needs base, metric and parameters", "")
     top = at.section({k: v for k, v in raw.items() if k in TOP_OPTIONS}, TOP_OPTIONS, "")
     if base_text is None:
-        base_source = str(Path(source).parent / top["base"])
+        base_source = os.path.normpath(Path(source).parent / top["base"])
         try:
             base_text = read_text(base_source)
         except ConfigError as e:
