@@ -282,9 +282,12 @@ def _parse_perturb(values: tuple[str, ...]) -> list[tuple[str, list[float]]]:
                    "noise=0,0.1,0.2 (std); repeatable.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Folder for eval/ and plots/ (default: the run folder, or the checkpoint's folder).")
+@click.option("--allow-other-data", is_flag=True,
+              help="Evaluate even on data that are not the ones the run was trained on (another fingerprint "
+                   "or other normalisation statistics): a warning instead of a refusal.")
 @handle_errors
 def eval_cmd(target: str, split: str, batch_size: int, data_root: str | None, perturb: tuple[str, ...],
-             out: str | None) -> None:
+             out: str | None, allow_other_data: bool = False) -> None:
     """Loss, accuracy, per-class accuracy and confusion matrix of a trained run.
 
     Writes eval/metrics.json, eval/confusion.csv, plots/confusion.png and plots/misclassified.png
@@ -302,7 +305,7 @@ def eval_cmd(target: str, split: str, batch_size: int, data_root: str | None, pe
 
     perturbations = _parse_perturb(perturb)
     run = load_run(target)
-    report = evaluate_run(run, split, batch_size, data_root, perturbations)
+    report = evaluate_run(run, split, batch_size, data_root, perturbations, allow_other_data=allow_other_data)
     click.echo(report.format())
     for path in write_results(report, run, Path(out) if out else run.out_dir, out_given=out is not None):
         click.echo(f"wrote {path}", err=True)

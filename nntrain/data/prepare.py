@@ -6,13 +6,15 @@ validation images training held out (the split comes from the run's seed through
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 
 from nntrain.data.loader import channel_stats, split_validation
-from nntrain.data.registry import DatasetInfo, load_dataset
+from nntrain.data.registry import DatasetInfo, load_configured
 from nntrain.rng import stream
 
 
@@ -31,6 +33,20 @@ class PreparedData:
     mean: np.ndarray | None
     std: np.ndarray | None
 
+    @functools.cached_property
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies these data, stored in every checkpoint so that a resume or an `eval` on changed
+        data is noticed: the dataset name, the split sizes and a BLAKE2b-128 hash of every split's images
+        and labels (dtype and shape included). Computed once; about 0.1 s for MNIST (55 MB)."""
+        h = hashlib.blake2b(digest_size=16)
+        for name in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y"):
+            a = np.ascontiguousarray(getattr(self, name))
+            h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+            h.update(a)
+        return {"dataset": self.info.name,
+                "sizes": {"train": len(self.train_y), "val": len(self.val_y), "test": len(self.test_y)},
+                "hash": f"blake2b-128:{h.hexdigest()}"}
+
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(images, labels) of "train", "val" or "test"."""
         return {"train": (self.train_x, self.train_y), "val": (self.val_x, self.val_y),
@@ -38,10 +54,10 @@ class PreparedData:
 
 
 def prepare(data_cfg: Mapping[str, Any], seed: int, progress: bool = True, root: str | None = None) -> PreparedData:
-    """Load `data_cfg["dataset"]` (from `root`, else data.root), hold out data.val_size training images
+    """Load `data_cfg["dataset"]` (from `root`, else data.root; an image folder or CSV file through
+    `load_configured`, its test split drawn from the seed's "test_split" stream), hold out data.val_size training images
     with the seed's split stream, and compute the normalisation statistics of what is left."""
-    ds = load_dataset(data_cfg["dataset"], root=root if root is not None else data_cfg.get("root"),
-                      download=data_cfg.get("download", True), progress=progress)
+    ds = load_configured(data_cfg, seed, root=root, progress=progress)
     train_x, train_y, val_x, val_y = split_validation(ds.train_images, ds.train_labels, data_cfg["val_size"],
                                                       stream(seed, "split"))
     mean = std = None

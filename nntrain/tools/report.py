@@ -20,14 +20,19 @@ from nntrain.nn.losses import build_loss
 from nntrain.data.prepare import prepare
 from nntrain.rng import stream
 from nntrain.tables import format_table
-from nntrain.training.run_folder import LoadedRun, RunLock
+from nntrain.training.run_folder import LoadedRun, RunLock, check_same_data
 
 log = logging.getLogger("nntrain")
 
 
-def split_images(run: LoadedRun, split: str, data_root: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """The uint8 images and labels of `split` (test | val | train): the very split the run trained with."""
+def split_images(run: LoadedRun, split: str, data_root: str | None,
+                 allow_other_data: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The uint8 images and labels of `split` (test | val | train): the very split the run trained with.
+    Data that are not the ones the run was trained on (another fingerprint or other normalisation
+    statistics) are refused unless `allow_other_data` (then a warning)."""
     data = prepare(run.cfg["data"], int(run.cfg["seed"]), root=data_root)
+    check_same_data(run.ckpt, data, run.checkpoint_path, allow=allow_other_data,
+                    advice="Pass --allow-other-data to evaluate on them anyway.")
     if split == "val" and len(data.val_y) == 0:
         raise ConfigError("this run has no validation split (data.val_size is 0); use --split test", "--split")
     return data.split(split)
@@ -112,9 +117,10 @@ def run_class_names(run: LoadedRun) -> list[str]:
 
 
 def evaluate_run(run: LoadedRun, split: str = "test", batch_size: int = 256, data_root: str | None = None,
-                 perturbations: Sequence[tuple[str, list[float]]] = (), seed: int = 0) -> EvalReport:
+                 perturbations: Sequence[tuple[str, list[float]]] = (), seed: int = 0,
+                 allow_other_data: bool = False) -> EvalReport:
     """Evaluate a loaded run on a split, optionally under each perturbation level."""
-    images, labels = split_images(run, split, data_root)
+    images, labels = split_images(run, split, data_root, allow_other_data)
     loss = build_loss(run.cfg["loss"])
     ev = evaluate(run.model, loss, images, labels, batch_size, run.mean, run.std)
     report = EvalReport(split, run_class_names(run), ev, images)

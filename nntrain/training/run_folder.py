@@ -21,14 +21,17 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Collection
+from typing import TYPE_CHECKING, Any, Collection
 
 import numpy as np
 
 from nntrain.atomic import WriteError, create_unique_dir, make_dir, process_alive, reason
-from nntrain.errors import CheckpointError, NNTrainError
+from nntrain.errors import CheckpointError, DataError, NNTrainError
 from nntrain.nn.model import Model, build_model
 from nntrain.training.checkpoint import Checkpoint, load_checkpoint, printable
+
+if TYPE_CHECKING:
+    from nntrain.data.prepare import PreparedData
 
 log = logging.getLogger("nntrain")
 
@@ -178,6 +181,7 @@ class RunFolder:
 
     config = property(lambda self: self.path / "config.yaml", doc="the resolved config")
     metrics = property(lambda self: self.path / "metrics.csv", doc="one row per epoch")
+    health = property(lambda self: self.path / "health.csv", doc="per-layer training health, one row per layer per epoch")
     log = property(lambda self: self.path / "log.txt", doc="what training logged")
     test = property(lambda self: self.path / "test.json", doc="the final test-set result")
     checkpoints = property(lambda self: self.path / "checkpoints")
@@ -331,9 +335,9 @@ def load_run(target: str | Path) -> LoadedRun:
     path, out_dir = find_checkpoint(target)
     ckpt = load_checkpoint(path)
     cfg = embedded_config(ckpt, path)
-    from nntrain.data import dataset_info
+    from nntrain.data.registry import data_info
 
-    info = dataset_info(cfg["data"]["dataset"])
+    info = data_info(cfg["data"])
     model = build_model(cfg["model"], info.input_shape, seed=cfg["seed"], dtype=np.float32)
     try:
         model.load_state_dict(ckpt.params)
@@ -345,3 +349,43 @@ def load_run(target: str | Path) -> LoadedRun:
                                                                   or std.shape != mean.shape or np.any(std <= 0))):
         raise CheckpointError(f"checkpoint {path} has invalid normalisation statistics")
     return LoadedRun(path, out_dir, cfg, model, mean, std, ckpt)
+
+
+def _show(value: Any) -> str:
+    return printable(json.dumps(value, sort_keys=True) if not isinstance(value, str) else value, 80)
+
+
+def check_same_data(ckpt: Checkpoint, data: PreparedData, path: Path, *, allow: bool = False,
+                    advice: str = "") -> None:
+    """Refuse (DataError) data that are not the data checkpoint `path` was trained on: its recorded
+    fingerprint (dataset, split sizes, hash of the images and labels) or its normalisation statistics
+    differ from those of `data`. allow: warn instead. A checkpoint written before fingerprints existed
+    is checked on its statistics alone, with a warning."""
+    problems = []
+    saved = ckpt.meta.get("data")
+    if saved is None:
+        log.warning("%s holds no data fingerprint (written by an older nntrain): the data cannot be checked "
+                    "to be the ones it was trained on, beyond their normalisation statistics", path)
+    else:
+        now = data.fingerprint
+        problems += [f"{key} {_show(saved.get(key))} when trained, {_show(now[key])} now"
+                     for key in ("dataset", "sizes", "hash") if saved.get(key) != now[key]]
+    mean, std = ckpt.extra.get("norm_mean"), ckpt.extra.get("norm_std")
+    if (mean is None) != (data.mean is None):
+        problems.append("normalisation statistics " + ("absent when trained, present now" if mean is None
+                                                        else "present when trained, absent now"))
+    elif mean is not None and (mean.shape != data.mean.shape or std.shape != data.std.shape
+                               or not np.allclose(mean, data.mean, rtol=1e-5, atol=1e-7)
+                               or not np.allclose(std, data.std, rtol=1e-5, atol=1e-7)):
+        def show(a: np.ndarray) -> str:
+            return "[" + ", ".join(f"{float(v):.6g}" for v in np.ravel(a)[:8]) + "]"
+
+        problems.append(f"normalisation mean/std {show(mean)}/{show(std)} when trained, "
+                        f"{show(data.mean)}/{show(data.std)} now")
+    if not problems:
+        return
+    message = f"the data are not the ones {path} was trained on: " + "; ".join(problems)
+    if allow:
+        log.warning("%s; going on as asked", message)
+        return
+    raise DataError(f"{message}. {advice}".rstrip())

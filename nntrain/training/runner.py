@@ -22,6 +22,8 @@ from nntrain.data.augment import build_augment
 from nntrain.data.prepare import prepare
 from nntrain.errors import CheckpointError, NNTrainError, NumericalError
 from nntrain.nn.losses import build_loss
+from nntrain import __version__
+from nntrain.nn.blas import find_blas
 from nntrain.nn.model import build_model
 from nntrain.nn.optim import build_optimizer
 from nntrain.nn.schedulers import build_scheduler
@@ -29,7 +31,8 @@ from nntrain.rng import stream
 from nntrain.training.callbacks import Callback, Checkpoints, EarlyStopping, MetricsLog
 from nntrain.training.checkpoint import Checkpoint, load_checkpoint
 from nntrain.training.evaluate import evaluate
-from nntrain.training.run_folder import RunFolder, embedded_config
+from nntrain.training.health import TrainingHealth
+from nntrain.training.run_folder import RunFolder, check_same_data, embedded_config
 from nntrain.training.state import restore_run_state, run_state_meta
 from nntrain.training.trainer import Interrupted, Parts, Trainer
 
@@ -63,10 +66,29 @@ def snapshot(trainer: Trainer, cfg: Mapping[str, Any]) -> Checkpoint:
                 "model": p.model.rng.bit_generator.state},
         "optimizer": opt_meta, "scheduler": p.scheduler.state_dict(),
         "dataset": data.info.name, "input_shape": list(data.info.input_shape),
-        "class_names": list(data.info.class_names),
+        "class_names": list(data.info.class_names), "data": data.fingerprint,
+        "threads": thread_counts(p.model), "nntrain_version": __version__,
     }
     extra = {} if data.mean is None else {"norm_mean": np.asarray(data.mean), "norm_std": np.asarray(data.std)}
     return Checkpoint(params=p.model.state_dict(), optim=opt_arrays, extra=extra, meta=meta)
+
+
+def thread_counts(model: Any) -> dict[str, int | None]:
+    """The thread counts results depend on: the BLAS's (a GEMM blocks its work differently with more
+    threads, so the sums of a product come out in another order) and the model's element-wise workers."""
+    blas = find_blas()
+    return {"blas": blas.get_threads() if blas is not None else None, "workers": int(model.workers.threads)}
+
+
+def _check_threads(ckpt: Checkpoint, model: Any, path: Path) -> None:
+    """Warn when a run is resumed with other thread counts than it was saved with: it continues correctly,
+    but not bit-identically to an uninterrupted run."""
+    saved, now = ckpt.meta.get("threads"), thread_counts(model)
+    if isinstance(saved, dict) and saved.get("blas") is not None and saved != now:
+        log.warning("%s was saved with %s BLAS thread(s) and %s worker(s), resumed with %s and %s: the run "
+                    "continues, but bit-exactness with an uninterrupted run holds only for the same thread "
+                    "count (resume with nntrain --threads %s)", path, saved.get("blas"), saved.get("workers"),
+                    now["blas"], now["workers"], saved.get("blas"))
 
 
 def restore(trainer: Trainer, ckpt: Checkpoint, path: Path) -> None:
@@ -265,13 +287,20 @@ def train(cfg: Mapping[str, Any], run_dir: str | os.PathLike | None = None, *,
             checkpoints, metrics = Checkpoints(folder, cfg["train"]["checkpoint_monitor"]), MetricsLog(folder)
             trainer = Trainer(parts, data, epochs=cfg["train"]["epochs"], batch_size=cfg["train"]["batch_size"],
                               eval_batch_size=cfg["train"]["eval_batch_size"],
-                              callbacks=[*stops, *callbacks, checkpoints, metrics], progress=progress,
+                              callbacks=[*stops, *callbacks, TrainingHealth(folder, cfg["seed"]), checkpoints,
+                                         metrics], progress=progress,
                               snapshot=lambda t: snapshot(t, cfg))
             runlog.on_error = lambda: setattr(trainer, "stop_requested", True)
             if runlog.error is not None:
                 runlog.on_error()
             if resume is not None:
-                restore(trainer, load_checkpoint(folder.last), folder.last)
+                ckpt = load_checkpoint(folder.last)
+                content_keys = [k for k in forced if k.startswith("data.") and k not in ("data.root", "data.download")]
+                check_same_data(ckpt, data, folder.last, allow=bool(content_keys),
+                                advice="Resuming would continue on other data than the run started with: "
+                                       "train a new run (--init-from its checkpoint starts from its weights)")
+                restore(trainer, ckpt, folder.last)
+                _check_threads(ckpt, parts.model, folder.last)
                 _write_config(folder, cfg, forced)
                 s = trainer.state
                 if s.history:  # a run killed between last.npz and metrics.csv: the file catches up here
