@@ -137,11 +137,16 @@ set_option = click.option("-s", "--set", "overrides", multiple=True, metavar="KE
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: only on a terminal).")
 @click.option("--show-augment", is_flag=True,
               help="Only write the augmentation preview (<name>-augment.png here) and exit, like augment-preview.")
+@click.option("--strict", is_flag=True,
+              help="Image folders and CSVs: refuse unreadable images instead of skipping them (-s data.strict=true).")
 @handle_errors
 def train(config: str | None, overrides: tuple[str, ...], resume: str | None, force: bool, run_dir: str | None,
-          init_from: str | None, progress: bool | None, show_augment: bool = False) -> None:
+          init_from: str | None, progress: bool | None, show_augment: bool = False, strict: bool = False) -> None:
     """Train the model described by CONFIG, or continue a run with --resume; prints the run folder."""
     from nntrain.training.runner import resume_config, train as run_training
+
+    if strict:
+        overrides = (*overrides, "data.strict=true")
 
     forced: list[str] = []
     if resume and (init_from or run_dir):

@@ -17,8 +17,11 @@ STREAMS: dict[str, int] = {
     "augment": 4,   # data augmentation
     "preview": 5,   # the images and augmentations `augment-preview` shows
     "perturb": 7,   # noise of `eval --perturb`
+    "test_split": 8,    # the test images held out of an image folder or CSV that brings no test split
     "gradcheck": 101,   # the inputs and entries `gradcheck` draws
     "timing": 102,  # the random batches `nntrain time` feeds
+    "health": 103,  # the fixed sample of training images the training-health callback measures on
+    "lr_find": 104,  # the batches and noise of `nntrain lr-find`
 }
 
 

@@ -15,8 +15,8 @@ import re
 from typing import Any, Mapping
 
 from nntrain.data.augment import AUGMENTATIONS
-from nntrain.data.registry import DATASETS, DatasetInfo, dataset_info
-from nntrain.errors import ConfigError, ConfigErrors
+from nntrain.data.registry import CONFIGURED, DATASETS, DatasetInfo, data_info
+from nntrain.errors import ConfigError, ConfigErrors, DataError
 from nntrain.nn.layers import LAYERS
 from nntrain.nn.layers.blocks import leaves
 from nntrain.nn.losses import LOSSES
@@ -38,13 +38,33 @@ TOP_OPTIONS = {
     "seed": Option("int", 0, minimum=0, doc="seed of every random draw"),
 }
 DATA_OPTIONS = {
-    "dataset": Option("str", choices=tuple(DATASETS), doc="which dataset"),
-    "root": Option("str", None, nullable=True, doc="data folder; null: $NNTRAIN_DATA, else ~/.cache/nntrain"),
+    "dataset": Option("str", choices=(*DATASETS, *CONFIGURED),
+                      doc="which dataset; folder: an image folder (root), csv: a CSV file (path)"),
+    "root": Option("str", None, nullable=True,
+                   doc="data folder; null: $NNTRAIN_DATA, else ~/.cache/nntrain. dataset: folder: the image "
+                       "folder, ROOT/<class>/*.png|jpg|jpeg|bmp|gif|webp or ROOT/train/<class>/... + "
+                       "ROOT/test/<class>/..."),
     "val_size": Option("int", None, minimum=0, nullable=True,
                        doc="training images held out for validation; null: the dataset's default "
-                           "(5000; mnist-mini: 500)"),
+                           "(5000; mnist-mini: 500; folder, csv: a tenth of the training images)"),
     "normalize": Option("bool", True, doc="per-channel mean/std from the training split"),
     "download": Option("bool", True, doc="download missing files"),
+    "path": Option("str", None, nullable=True,
+                   doc="dataset: csv: the CSV file, label,pixel0,pixel1,... (with image_shape) or path,label "
+                       "(image files relative to it, with image_size and color); a header row is required"),
+    "test_path": Option("str", None, nullable=True,
+                        doc="dataset: csv: a CSV of test images in the same form; null: a test split of test_size"),
+    "image_size": Option("ints", None, minimum=1, maximum=4096, length=2, nullable=True,
+                         doc="folder, csv of paths: [H, W] every image is resized to"),
+    "image_shape": Option("ints", None, minimum=1, maximum=4096, length=3, nullable=True,
+                          doc="csv of pixel values: [C, H, W] of each row's pixels"),
+    "color": Option("str", "rgb", choices=("grey", "rgb"), doc="folder, csv of paths: images converted to "
+                                                                  "grey (1 channel) or rgb (3)"),
+    "test_size": Option("float", 0.2, minimum=0.0, maximum=1.0, exclusive_min=True, exclusive_max=True,
+                        doc="folder, csv without a test part: the share of each class held out for testing "
+                            "(drawn with the seed)"),
+    "strict": Option("bool", False, doc="folder, csv: refuse unreadable images instead of skipping them "
+                                        "(a warning names them; more than a tenth unreadable is refused anyway)"),
 }
 TRAIN_OPTIONS = {
     "epochs": Option("int", 10, minimum=1, doc="passes over the training split"),
@@ -65,7 +85,7 @@ EARLY_STOPPING_OPTIONS = {
 }
 # The plain sections with their options and nested keys, for validation and for `print-config --explain`.
 SECTIONS: dict[str, tuple[dict[str, Option], tuple[str, ...]]] = {
-    "data": (DATA_OPTIONS, ("augment",)),
+    "data": (DATA_OPTIONS, ("augment", "classes")),
     "train": (TRAIN_OPTIONS, ("early_stopping",)),
     "train.early_stopping": (EARLY_STOPPING_OPTIONS, ()),
 }
@@ -108,12 +128,52 @@ def default_name(stem: str) -> str:
     return name or "run"
 
 
+def _classes(raw: Mapping[str, Any], dataset: str) -> list[str] | None:
+    """data.classes: class names in label order (folder, csv); the resolved config fills them in."""
+    classes = raw.get("classes")
+    if classes is None:
+        return None
+    if dataset not in CONFIGURED:
+        raise ConfigError(f"{dataset} has its own classes; data.classes applies to dataset: folder or csv",
+                          "data.classes")
+    if (not isinstance(classes, (list, tuple)) or len(classes) < 2
+            or not all(isinstance(c, (str, int)) and not isinstance(c, bool) for c in classes)):
+        raise ConfigError(f"expected a list of at least two class names, got {_kind(classes)}", "data.classes")
+    classes = [str(c) for c in classes]
+    if len(set(classes)) != len(classes):
+        raise ConfigError("class names must differ from each other", "data.classes")
+    return classes
+
+
+def _data_info(data: Mapping[str, Any], listing: bool = False) -> DatasetInfo:
+    """`data_info`, with a DataError found while listing the files located at the key that names them."""
+    try:
+        return data_info(data, listing)
+    except DataError as e:
+        raise ConfigError(str(e), "data.path" if data["dataset"] == "csv" else "data.root") from None
+
+
+# keys of image folders and CSV files only: absent from the resolved config of a named dataset
+CONFIGURED_KEYS = ("path", "test_path", "image_size", "image_shape", "color", "test_size", "strict")
+
+
 def _data(raw: Any) -> dict[str, Any]:
     data = _section(raw, "data")
-    info = dataset_info(data["dataset"])
+    if data["dataset"] not in CONFIGURED:
+        for key in CONFIGURED_KEYS:
+            if key in raw:
+                raise ConfigError(f"{data['dataset']} has a fixed form: data.{key} applies to dataset: folder "
+                                  "or csv only", f"data.{key}")
+            del data[key]
+    data["classes"] = _classes(raw, data["dataset"])
+    info = _data_info(data, listing=data["val_size"] is None)   # a default val_size needs the sizes
+    if data["dataset"] in CONFIGURED:
+        data["classes"] = list(info.class_names)
+    else:
+        del data["classes"]
     if data["val_size"] is None:
         data["val_size"] = info.val_size
-    if data["val_size"] >= info.num_train:
+    if info.num_train and data["val_size"] >= info.num_train:
         raise ConfigError(f"got {data['val_size']}, but {data['dataset']} has {info.num_train} training images; "
                           f"expected an integer in [0, {info.num_train - 1}]", "data.val_size")
     augment = raw.get("augment") or []
@@ -249,7 +309,7 @@ def validate(raw: Any, default_name_: str | None = None, available_memory: int |
     cfg["name"] = _collect(errors, lambda: _name(raw, default_name_))
     cfg["seed"] = _collect(errors, lambda: TOP_OPTIONS["seed"].validate(raw.get("seed", 0), "seed"))
     cfg["data"] = _collect(errors, lambda: _data(raw["data"]))
-    info = dataset_info(cfg["data"]["dataset"]) if cfg["data"] else None
+    info = _data_info(cfg["data"]) if cfg["data"] else None
     if info is not None:
         cfg["model"] = _collect(errors, lambda: _model(raw["model"], info))
     loss = raw.get("loss")

@@ -47,7 +47,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from nntrain.data import dataset_info
+from nntrain.data.registry import data_info
 from nntrain.errors import ConfigError
 from nntrain.nn.losses import build_loss
 from nntrain.nn.model import Model, build_model
@@ -89,7 +89,7 @@ def config_input_shape(cfg: Mapping[str, Any]) -> tuple[int, ...]:
     data = cfg.get("data") or {}
     if not isinstance(data, Mapping) or "dataset" not in data:
         raise ConfigError("the config needs data.dataset to know the input shape", "data.dataset")
-    return tuple(int(s) for s in dataset_info(str(data["dataset"])).input_shape)
+    return tuple(int(s) for s in data_info(data).input_shape)
 
 
 class _Objective:
