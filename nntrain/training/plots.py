@@ -153,3 +153,56 @@ def plot_compare(curves: Sequence[tuple[str, Sequence[dict]]], path: Path) -> tu
     fig.subplots_adjust(left=0.06, right=0.99, top=0.93, bottom=0.1, wspace=0.2)
     save_figure(fig, path, dpi=100, tight=False)
     return 1300, 500
+
+
+def plot_health(rows: Sequence[dict], path: Path) -> Path:
+    """health.png from health.csv's rows: four panels against epochs, one line per layer: gradient norm,
+    update-to-weight ratio (log scales), activation std (log scale) and dead-unit fraction."""
+    panels = (("grad_norm", "gradient norm ‖g‖", True), ("update_ratio", "update / weight ‖Δw‖/‖w‖", True),
+              ("std", "activation std", True), ("dead", "dead units (fraction)", False))
+    fig = Figure(figsize=(12, 8))
+    for k, (key, title, log_scale) in enumerate(panels):
+        ax = fig.add_subplot(2, 2, k + 1)
+        layers: dict[str, tuple[list[int], list[float]]] = {}
+        for r in rows:
+            value = r.get(key)
+            if r.get("layer") == "model" or value in (None, ""):
+                continue
+            xs, ys = layers.setdefault(f"{r['layer']} {r['type']}", ([], []))
+            xs.append(int(r["epoch"]))
+            ys.append(float(value))
+        for label, (xs, ys) in layers.items():
+            if log_scale and not any(y > 0 for y in ys):
+                continue
+            ax.plot(xs, ys, "-o", markersize=3, label=label)
+        if log_scale and any(y > 0 for _, ys in layers.values() for y in ys):
+            ax.set_yscale("log")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.get_lines():
+            ax.legend(fontsize=7, ncol=2 if len(layers) > 8 else 1)
+    return save_figure(fig, path)
+
+
+def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[float], suggestion: float | None,
+                 path: Path, label: str = "steepest descent") -> Path:
+    """lr_find.png: the raw and smoothed training loss against the learning rate (log scale), the
+    suggested learning rate marked."""
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    ax.plot(lrs, losses, color="0.75", linewidth=0.8, label="loss (per batch)")
+    ax.plot(lrs, smoothed, color="C0", label="loss (smoothed)")
+    if suggestion is not None:
+        ax.axvline(suggestion, color="C3", linestyle="--", label=f"suggested lr {suggestion:.3g} ({label})")
+    ax.set_xscale("log")
+    finite = [v for v in smoothed if math.isfinite(v)]
+    if finite:
+        lo, hi = min(finite), max(finite)
+        ax.set_ylim(lo - 0.05 * (hi - lo + 1e-12), min(hi, 4 * lo) + 0.1 * (hi - lo + 1e-12))
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    return save_figure(fig, path)
