@@ -121,8 +121,10 @@ def scan_csv(path: str | os.PathLike, classes: Sequence[str] | None = None,
             labels = np.asarray([index[t.strip()] for t in texts], np.int64)
         if labels.max() >= len(names):
             raise DataError(f"{path}: label {int(labels.max())} is out of range for the {len(names)} classes")
-    if len(names) < 2:
-        raise DataError(f"{path} has {len(names)} class ({', '.join(names)}); a classifier needs at least two")
+    present = np.unique(labels)
+    if len(names) < 2 or len(present) < 2:
+        raise DataError(f"{path} has labels of {len(present)} class ({names[int(present[0])]}); a classifier "
+                        "needs at least two")
     if form == "paths":
         col = 1 - label_col
         files = tuple(path.parent / row[col].strip() for row in rows)
