@@ -64,7 +64,7 @@ PRUNERS: dict[str, dict[str, Option]] = {
     },
     "hyperband": {
         "min_epochs": Option("int", 1, minimum=1, doc="epochs every trial gets"),
-        "max_epochs": Option("int", None, minimum=1, nullable=True, doc="null: the base config's train.epochs"),
+        "max_epochs": Option("int", None, minimum=1, nullable=True, doc="null: the base config's train.epochs (when searched: the most a trial reports)"),
         "reduction_factor": Option("int", 3, minimum=2, doc="1/reduction_factor of the trials go on at each rung"),
     },
     "threshold": {

@@ -116,7 +116,8 @@ def pruner_for(spec: SweepSpec) -> optuna.pruners.BasePruner:
     if kind == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=p["startup_trials"], n_warmup_steps=p["warmup_epochs"] + 1)
     if kind == "hyperband":
-        max_epochs = p["max_epochs"] or spec.base_config["train"]["epochs"]
+        searched = any(q.key == "train.epochs" for q in spec.parameters)   # then Optuna finds it out
+        max_epochs = p["max_epochs"] or ("auto" if searched else spec.base_config["train"]["epochs"])
         return optuna.pruners.HyperbandPruner(min_resource=p["min_epochs"], max_resource=max_epochs,
                                               reduction_factor=p["reduction_factor"])
     if kind == "threshold":
