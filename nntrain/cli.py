@@ -217,9 +217,9 @@ def print_config(config: str | None, overrides: tuple[str, ...], explain: bool) 
 @click.argument("config", type=click.Path(dir_okay=False))
 @set_option
 @click.option("--full", is_flag=True, help="Check every entry of every tensor (default: a sample).")
-@click.option("--samples", type=click.IntRange(min=1), default=200, show_default=True,
+@click.option("--samples", type=click.IntRange(min=1), default=50, show_default=True,
               help="Entries checked per tensor when not --full.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=2, show_default=True)
 @handle_errors
 def gradcheck(config: str, overrides: tuple[str, ...], full: bool, samples: int, batch_size: int) -> None:
     """Check every gradient of CONFIG's model numerically (float64, central differences).

@@ -230,8 +230,8 @@ def gradcheck(model: Model, loss: Any, x: np.ndarray, labels: np.ndarray, *, sam
         model.rng.bit_generator.state = noise_state
 
 
-def gradcheck_config(cfg: Mapping[str, Any], full: bool = False, batch_size: int = 4,
-                     samples: int = 200) -> list[GradcheckRow]:
+def gradcheck_config(cfg: Mapping[str, Any], full: bool = False, batch_size: int = 2,
+                     samples: int = 50) -> list[GradcheckRow]:
     """Build the config's model in float64 (its seed) and loss, draw a random batch, run `gradcheck`.
 
     cfg: a loaded config dict with `seed`, `data.dataset`, `model` (layer specs) and `loss`.
