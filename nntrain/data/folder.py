@@ -47,15 +47,10 @@ class FolderScan:
 
     root: Path
     classes: tuple[str, ...]
-    train_files: tuple[Path, ...]
+    train_files: tuple[str, ...]
     train_labels: np.ndarray
-    test_files: tuple[Path, ...] | None
+    test_files: tuple[str, ...] | None
     test_labels: np.ndarray | None
-
-
-def is_image_file(path: Path) -> bool:
-    """Whether a file name has one of the image suffixes (case-insensitive), and is not hidden."""
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
 def _class_dirs(folder: Path) -> list[str]:
@@ -65,10 +60,14 @@ def _class_dirs(folder: Path) -> list[str]:
         raise DataError(f"cannot list image folder {folder}: {e.strerror or e}") from None
 
 
-def _images_in(folder: Path) -> list[Path]:
+def _images_in(folder: Path) -> list[str]:
+    """The image files of a folder (one of IMAGE_SUFFIXES, any case; not hidden), sorted by name, as
+    strings (pathlib objects cost seconds for 60,000 files)."""
     try:
-        return sorted((Path(e.path) for e in os.scandir(folder) if e.is_file() and is_image_file(Path(e.name))),
-                      key=lambda p: p.name)
+        names = sorted(e.name for e in os.scandir(folder)
+                       if e.is_file() and not e.name.startswith(".") and os.path.splitext(e.name)[1].lower()
+                       in IMAGE_SUFFIXES)
+        return [os.path.join(folder, name) for name in names]
     except OSError as e:
         raise DataError(f"cannot list image folder {folder}: {e.strerror or e}") from None
 
@@ -110,8 +109,8 @@ def scan_folder(root: str | os.PathLike, classes: Sequence[str] | None = None) -
     return FolderScan(root, tuple(classes), train_files, train_labels, test_files, test_labels)
 
 
-def _list_split(folder: Path, classes: Sequence[str], required: bool) -> tuple[tuple[Path, ...], np.ndarray]:
-    files: list[Path] = []
+def _list_split(folder: Path, classes: Sequence[str], required: bool) -> tuple[tuple[str, ...], np.ndarray]:
+    files: list[str] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
         sub = folder / name
@@ -142,7 +141,7 @@ def stratified_split(labels: np.ndarray, test_size: float, rng: np.random.Genera
 
 
 # --- decoding -------------------------------------------------------------------------------------
-def _decode_one(path: Path, size: tuple[int, int], color: str) -> np.ndarray:
+def _decode_one(path: str | Path, size: tuple[int, int], color: str) -> np.ndarray:
     """One image file -> uint8 (C, H, W). Raises ValueError/OSError (Pillow's errors) when unreadable."""
     from PIL import Image
 
@@ -162,7 +161,7 @@ def _decode_one(path: Path, size: tuple[int, int], color: str) -> np.ndarray:
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
-def _decode_chunk(paths: Sequence[Path], size: tuple[int, int], color: str, out: np.ndarray,
+def _decode_chunk(paths: Sequence[str | Path], size: tuple[int, int], color: str, out: np.ndarray,
                   start: int) -> list[tuple[int, str]]:
     bad = []
     for i, path in enumerate(paths):
@@ -173,7 +172,7 @@ def _decode_chunk(paths: Sequence[Path], size: tuple[int, int], color: str, out:
     return bad
 
 
-def decode_images(paths: Sequence[Path], size: tuple[int, int], color: str, progress: bool = True,
+def decode_images(paths: Sequence[str | Path], size: tuple[int, int], color: str, progress: bool = True,
                   workers: int | None = None) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """Decode `paths` to uint8 (N, C, H, W) on a thread pool. Returns the images (zeros where a file
     could not be read) and [(index, reason)] of the unreadable files."""
@@ -194,16 +193,18 @@ def decode_images(paths: Sequence[Path], size: tuple[int, int], color: str, prog
 
 
 # --- the cache ------------------------------------------------------------------------------------
-def cache_key(root: Path, paths: Sequence[Path], size: tuple[int, int], color: str) -> str:
+def cache_key(root: Path, paths: Sequence[str | Path], size: tuple[int, int], color: str) -> str:
     """A hash of the files' names relative to `root`, sizes and modification times, the image size and
     the colour mode: any change to the folder or the options gives another key."""
     h = hashlib.sha256(f"nntrain-folder-cache {CACHE_VERSION} {size[0]}x{size[1]} {color}\n".encode())
-    for path in paths:
+    prefix = os.path.join(str(root), "")
+    for path in map(str, paths):
         try:
-            st = path.stat()
+            st = os.stat(path)
         except OSError as e:
             raise DataError(f"cannot read {path}: {e.strerror or e}") from None
-        h.update(f"{Path(os.path.relpath(path, root)).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        rel = path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, root)
+        h.update(f"{rel.replace(os.sep, '/')}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:32]
 
 
@@ -242,7 +243,7 @@ def _write_cache(dirs: Sequence[Path], name: str, images: np.ndarray, bad: list[
     return None
 
 
-def decode_cached(root: Path, paths: Sequence[Path], size: tuple[int, int], color: str, progress: bool = True,
+def decode_cached(root: Path, paths: Sequence[str | Path], size: tuple[int, int], color: str, progress: bool = True,
                   dirs: Sequence[Path] | None = None) -> tuple[np.ndarray, list[tuple[int, str]]]:
     """`decode_images`, through the cache (see `cache_key`): read from it when the folder is unchanged,
     else decoded and written to the first writable cache folder (atomically)."""
@@ -261,7 +262,7 @@ def decode_cached(root: Path, paths: Sequence[Path], size: tuple[int, int], colo
     return images, bad
 
 
-def keep_good(images: np.ndarray, labels: np.ndarray, paths: Sequence[Path], bad: list[tuple[int, str]],
+def keep_good(images: np.ndarray, labels: np.ndarray, paths: Sequence[str | Path], bad: list[tuple[int, str]],
               strict: bool, what: str) -> tuple[np.ndarray, np.ndarray]:
     """Drop the unreadable images (with a warning naming the first 10), or raise DataError naming them
     when `strict`, or when more than MAX_BAD_SHARE of them (or all of a class) cannot be read."""
@@ -282,7 +283,7 @@ def keep_good(images: np.ndarray, labels: np.ndarray, paths: Sequence[Path], bad
     return images[keep], labels[keep]
 
 
-def load_images(root: Path, paths: Sequence[Path], labels: np.ndarray, size: tuple[int, int], color: str,
+def load_images(root: Path, paths: Sequence[str | Path], labels: np.ndarray, size: tuple[int, int], color: str,
                 strict: bool, what: str, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Decode (through the cache) and drop or refuse unreadable images: uint8 (N, C, H, W), int64 (N,)."""
     images, bad = decode_cached(root, paths, size, color, progress)
