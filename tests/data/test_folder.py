@@ -203,3 +203,38 @@ def test_train_eval_predict_end_to_end_with_the_folders_class_names(tmp_path):
     pred = run_cli("predict", str(tmp_path / "run"), str(tmp_path / "digit.png"))
     assert pred.returncode == 0, pred.stderr
     assert any(name in pred.stdout for name in NAMES)
+
+
+def test_cifar10_jpegs_decode_to_pillows_rgb_pixels(tmp_path):
+    """A sample of real JPEG files (the CIFAR-10 JPEG archive under the data root, when present) read
+    as a train/test folder: each image is Pillow's own RGB decode of that file, unresized at 32x32."""
+    import io
+    import tarfile
+
+    from nntrain.data.registry import resolve_root
+
+    archive = resolve_root(None) / "cifar10-jpeg" / "cifar10-jpeg.tar.gz"
+    if not archive.is_file():
+        pytest.skip(f"no CIFAR-10 JPEG archive at {archive}")
+    # the archive lists test/ then train/, classes in order: the first two classes come early
+    wanted = {(split, cls): 5 for split in ("train", "test") for cls in ("airplane", "automobile")}
+    expected = {}
+    with tarfile.open(archive) as tf:
+        for member in tf:
+            parts = member.name.split("/")[-3:]
+            if not member.isfile() or len(parts) != 3 or wanted.get((parts[0], parts[1]), 0) == 0:
+                continue
+            wanted[parts[0], parts[1]] -= 1
+            data = tf.extractfile(member).read()
+            (tmp_path / "c" / parts[0] / parts[1]).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "c" / parts[0] / parts[1] / parts[2]).write_bytes(data)
+            expected[parts[0], parts[1], parts[2]] = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+            if not any(wanted.values()):
+                break
+    names, tr_x, tr_y, te_x, te_y = load_folder(tmp_path / "c", (32, 32), "rgb", 0.2, lambda: 1 / 0, progress=False)
+    assert names == ("airplane", "automobile") and len(tr_x) == len(te_x) == 10
+    for split, x, y in (("train", tr_x, tr_y), ("test", te_x, te_y)):
+        files = sorted((cls, name) for s, cls, name in expected if s == split)
+        for img, label, (cls, name) in zip(x, y, files):
+            assert names[label] == cls
+            assert np.array_equal(img, expected[split, cls, name].transpose(2, 0, 1))
