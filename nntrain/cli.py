@@ -260,6 +260,36 @@ def time_cmd(config: str, overrides: tuple[str, ...], batches: int, batch_size: 
     click.echo(format_profile(profile_config(_load(config, overrides), batches=batches, batch_size=batch_size)))
 
 
+@cli.command("lr-find")
+@click.argument("config", type=click.Path(dir_okay=False))
+@set_option
+@click.option("--start", type=click.FloatRange(min=0, min_open=True), default=1e-6, show_default=True,
+              help="First learning rate.")
+@click.option("--end", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Last learning rate.")
+@click.option("--steps", type=click.IntRange(min=2), default=200, show_default=True,
+              help="Batches, one learning rate each (fewer if the loss diverges first).")
+@click.option("--out", type=click.Path(dir_okay=False), default="plots/lr_find.png", show_default=True,
+              help="Where to write the plot.")
+@handle_errors
+def lr_find_cmd(config: str, overrides: tuple[str, ...], start: float, end: float, steps: int, out: str) -> None:
+    """The learning-rate range test: train a fresh model of CONFIG for a few hundred batches while the
+    learning rate grows exponentially from --start to --end; plot the smoothed loss against it and
+    suggest a learning rate (where the smoothed loss falls fastest).
+
+    \b
+    Example:
+      nntrain lr-find configs/quickstart.yaml --steps 100
+    """
+    from nntrain.tools.lr_find import lr_find, write_lr_find_plot
+
+    if end <= start:
+        raise click.UsageError(f"--end ({end:g}) must be larger than --start ({start:g})")
+    result = lr_find(_load(config, overrides), start=start, end=end, steps=steps)
+    click.echo(result.summary())
+    click.echo(f"plot: {write_lr_find_plot(result, out)}")
+
+
 def _parse_perturb(values: tuple[str, ...]) -> list[tuple[str, list[float]]]:
     from nntrain.errors import ConfigError
 

@@ -199,7 +199,7 @@ def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequen
     ax.set_xscale("log")
     finite = [v for v in smoothed if math.isfinite(v)]
     if finite:
-        lo, hi = min(finite), max(finite)
+        lo, hi = min(finite + [v for v in losses if math.isfinite(v)]), max(finite)
         ax.set_ylim(lo - 0.05 * (hi - lo + 1e-12), min(hi, 4 * lo) + 0.1 * (hi - lo + 1e-12))
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
