@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 MONITORS = ("val_loss", "val_acc", "train_loss", "train_acc")
 
 # --- the schema -----------------------------------------------------------------------------------
-TOP_LEVEL = ("name", "seed", "data", "model", "loss", "optimizer", "scheduler", "train")
+TOP_LEVEL = ("name", "seed", "data", "model", "loss", "optimizer", "scheduler", "train", "logging")
 REQUIRED_TOP_LEVEL = ("data", "model", "optimizer")
 
 TOP_OPTIONS = {
@@ -83,11 +83,16 @@ EARLY_STOPPING_OPTIONS = {
     "min_delta": Option("float", 0.0, minimum=0.0, doc="smallest change that counts as an improvement"),
     "restore_best": Option("bool", True, doc="put the best weights back at the end"),
 }
+LOGGING_OPTIONS = {
+    "tensorboard": Option("bool", False, doc="also write per-epoch loss, accuracy, lr and grad_norm as TensorBoard "
+                                             "events into RUN_DIR/tb/ (needs pip install \"nntrain[tensorboard]\")"),
+}
 # The plain sections with their options and nested keys, for validation and for `print-config --explain`.
 SECTIONS: dict[str, tuple[dict[str, Option], tuple[str, ...]]] = {
     "data": (DATA_OPTIONS, ("augment", "classes")),
     "train": (TRAIN_OPTIONS, ("early_stopping",)),
     "train.early_stopping": (EARLY_STOPPING_OPTIONS, ()),
+    "logging": (LOGGING_OPTIONS, ()),
 }
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
@@ -236,6 +241,18 @@ def _train(raw: Any, val_size: int) -> dict[str, Any]:
     return train
 
 
+def _logging(raw: Any) -> dict[str, Any]:
+    """The optional logging section; tensorboard: true needs tensorboardX (an optional extra)."""
+    section = _section(raw if raw is not None else {}, "logging")
+    if section["tensorboard"]:
+        try:
+            import tensorboardX  # noqa: F401
+        except ImportError:
+            raise ConfigError('tensorboard: true needs tensorboardX: pip install "nntrain[tensorboard]"',
+                              "logging.tensorboard") from None
+    return section
+
+
 def _available_memory() -> int | None:
     """Bytes of memory this machine can still give (MemAvailable on Linux, physical memory elsewhere)."""
     try:
@@ -326,6 +343,8 @@ def validate(raw: Any, default_name_: str | None = None, available_memory: int |
             scheduler, "scheduler", {"epochs": train["epochs"], "optimizer": cfg["optimizer"]}))
     cfg = {key: cfg.get(key) for key in ("name", "seed", "data", "model", "loss", "optimizer")}
     cfg["scheduler"], cfg["train"] = scheduler, train
+    if "logging" in raw:   # only when given: configs of earlier runs (without it) resolve as they did
+        cfg["logging"] = _collect(errors, lambda: _logging(raw["logging"]))
     if errors:
         raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
     _check_memory(cfg, info, _available_memory() if available_memory == -1 else available_memory)

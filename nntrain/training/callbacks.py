@@ -124,3 +124,49 @@ class MetricsLog(Callback):
             w.writerow({k: ("" if r.get(k) is None else r[k]) for k in METRIC_COLUMNS})
         atomic_write_text(self.folder.metrics, buf.getvalue())
         plot_curves(history, self.folder.plots)
+
+
+class TensorBoard(Callback):
+    """Per-epoch scalars as TensorBoard events in RUN_DIR/tb/ (`logging: {tensorboard: true}`), through
+    tensorboardX's protobufs and record writer: loss/train, loss/val, accuracy/train, accuracy/val, lr and
+    grad_norm, the step being the epoch number. Written synchronously and flushed every epoch (its
+    SummaryWriter queues events on a thread, so a crash could lose the last epochs); a resumed run adds
+    another events file to the folder."""
+
+    TAGS = {"train_loss": "loss/train", "val_loss": "loss/val", "train_acc": "accuracy/train",
+            "val_acc": "accuracy/val", "lr": "lr", "grad_norm": "grad_norm"}
+
+    def __init__(self, folder: RunFolder):
+        self.logdir = folder.path / "tb"
+        self.writer: Any = None
+
+    def _event(self, **fields: Any) -> bytes:
+        import time
+
+        from tensorboardX.proto.event_pb2 import Event
+
+        return Event(wall_time=time.time(), **fields).SerializeToString()
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: Mapping[str, float]) -> bool:
+        from tensorboardX.record_writer import RecordWriter   # an optional extra: imported only when asked for
+        from tensorboardX.summary import scalar
+
+        if self.writer is None:
+            import os
+            import socket
+            import time
+
+            self.logdir.mkdir(parents=True, exist_ok=True)
+            name = f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.{os.getpid()}"
+            self.writer = RecordWriter(str(self.logdir / name))
+            self.writer.write(self._event(file_version="brain.Event:2"))
+        for key, tag in self.TAGS.items():
+            if metrics.get(key) is not None:
+                self.writer.write(self._event(step=epoch, summary=scalar(tag, float(metrics[key]))))
+        self.writer.flush()
+        return False
+
+
+def logging_callbacks(cfg: Mapping[str, Any], folder: RunFolder) -> list[Callback]:
+    """The callbacks the config's optional `logging` section asks for (TensorBoard events)."""
+    return [TensorBoard(folder)] if (cfg.get("logging") or {}).get("tensorboard") else []

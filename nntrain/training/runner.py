@@ -28,7 +28,7 @@ from nntrain.nn.model import build_model
 from nntrain.nn.optim import build_optimizer
 from nntrain.nn.schedulers import build_scheduler
 from nntrain.rng import stream
-from nntrain.training.callbacks import Callback, Checkpoints, EarlyStopping, MetricsLog
+from nntrain.training.callbacks import Callback, Checkpoints, EarlyStopping, MetricsLog, logging_callbacks
 from nntrain.training.checkpoint import Checkpoint, load_checkpoint
 from nntrain.training.evaluate import evaluate
 from nntrain.training.health import TrainingHealth
@@ -288,7 +288,7 @@ def train(cfg: Mapping[str, Any], run_dir: str | os.PathLike | None = None, *,
             trainer = Trainer(parts, data, epochs=cfg["train"]["epochs"], batch_size=cfg["train"]["batch_size"],
                               eval_batch_size=cfg["train"]["eval_batch_size"],
                               callbacks=[*stops, *callbacks, TrainingHealth(folder, cfg["seed"]), checkpoints,
-                                         metrics], progress=progress,
+                                         metrics, *logging_callbacks(cfg, folder)], progress=progress,
                               snapshot=lambda t: snapshot(t, cfg))
             runlog.on_error = lambda: setattr(trainer, "stop_requested", True)
             if runlog.error is not None:
