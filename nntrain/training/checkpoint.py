@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,91 @@ class Checkpoint:
 
 
 _ZIP_MAGIC = b"PK\x03\x04"
+
+
+def check_generator_state(state: Any, what: str) -> None:
+    """A NumPy Generator state as nntrain saves them (PCG64), tried on a scratch bit generator: a malformed
+    one is a CheckpointError naming `what`, whatever NumPy would raise."""
+    if not isinstance(state, dict) or state.get("bit_generator") != "PCG64":
+        raise CheckpointError(f"'{what}' must be a PCG64 Generator state, got {printable(repr(state), 60)}")
+    try:
+        np.random.PCG64().state = state
+    except Exception as e:  # noqa: BLE001 - TypeError, ValueError, OverflowError, KeyError...
+        raise CheckpointError(f"'{what}' is not a valid PCG64 Generator state ({type(e).__name__}: "
+                              f"{printable(str(e), 80)})") from None
+
+
+def _text(v: Any, what: str, limit: int) -> str:
+    """A string from metadata that may be printed: at most `limit` characters, no control characters
+    (a class name holding a terminal escape sequence must not reach the terminal)."""
+    if not isinstance(v, str) or not 0 < len(v) <= limit or not v.isprintable():
+        raise CheckpointError(f"'{what}' must be a printable string of 1 to {limit} characters, got "
+                              f"{printable(repr(v), 60)}")
+    return v
+
+
+def _count(v: Any, what: str, low: int, high: int, nullable: bool = False) -> None:
+    if (v is None and nullable) or (isinstance(v, int) and not isinstance(v, bool) and low <= v <= high):
+        return
+    raise CheckpointError(f"'{what}' must be an integer in [{low}, {high}]{' or null' if nullable else ''}, "
+                          f"got {printable(repr(v), 60)}")
+
+
+def validate_meta(meta: dict[str, Any]) -> None:
+    """Check the type and range of every field a checkpoint's metadata holds (a forged checkpoint is a
+    CheckpointError naming the field, never a traceback later). Fields that are absent are checked
+    where they are needed (a resume needs the position, an eval the config); fields against the run
+    (the batch within an epoch, the class count) are checked where the run is known. Unknown fields
+    are left alone (a newer nntrain may add some)."""
+    from nntrain.training.state import check_position
+
+    check_position(meta)
+    if "config" in meta and not isinstance(meta["config"], dict):
+        raise CheckpointError(f"'config' must be a mapping, got {printable(repr(meta['config']), 60)}")
+    for key in ("callbacks", "optimizer", "scheduler"):
+        if key in meta and not (isinstance(meta[key], dict) and all(isinstance(k, str) for k in meta[key])):
+            raise CheckpointError(f"'{key}' must be a mapping, got {printable(repr(meta[key]), 60)}")
+    if "callbacks" in meta and not all(isinstance(v, dict) for v in meta["callbacks"].values()):
+        raise CheckpointError("'callbacks' must map callback names to mappings")
+    if "rng" in meta:
+        rng = meta["rng"]
+        if not isinstance(rng, dict) or set(rng) != {"shuffle", "augment", "model"}:
+            raise CheckpointError(f"'rng' must hold the states shuffle, augment and model, got "
+                                  f"{printable(repr(rng), 60)}")
+        for name, state in rng.items():
+            check_generator_state(state, f"rng.{name}")
+    if "dataset" in meta:
+        _text(meta["dataset"], "dataset", 64)
+    if "input_shape" in meta:
+        shape = meta["input_shape"]
+        if not isinstance(shape, list) or len(shape) != 3:
+            raise CheckpointError(f"'input_shape' must be [C, H, W], got {printable(repr(shape), 60)}")
+        for v in shape:
+            _count(v, "input_shape", 1, 100_000)
+    if "class_names" in meta:
+        names = meta["class_names"]
+        if not isinstance(names, list) or not 1 <= len(names) <= 100_000:
+            raise CheckpointError(f"'class_names' must be a list of names, got {printable(repr(names), 60)}")
+        for name in names:
+            _text(name, "class_names", 100)
+    if "data" in meta:
+        fp = meta["data"]
+        if not isinstance(fp, dict) or not isinstance(fp.get("sizes"), dict) or set(fp["sizes"]) != {
+                "train", "val", "test"} or not isinstance(fp.get("hash"), str) or not re.fullmatch(
+                r"[a-z0-9-]{1,32}:[0-9a-f]{16,128}", fp["hash"]):
+            raise CheckpointError(f"'data' must be a data fingerprint (dataset, sizes, hash), got "
+                                  f"{printable(repr(fp), 60)}")
+        _text(fp.get("dataset"), "data.dataset", 64)
+        for split, n in fp["sizes"].items():
+            _count(n, f"data.sizes.{split}", 0, 10**10)
+    if "nntrain_version" in meta:
+        _text(meta["nntrain_version"], "nntrain_version", 64)
+    if "threads" in meta:
+        threads = meta["threads"]
+        if not isinstance(threads, dict) or set(threads) != {"blas", "workers"}:
+            raise CheckpointError(f"'threads' must hold blas and workers, got {printable(repr(threads), 60)}")
+        _count(threads["blas"], "threads.blas", 1, 4096, nullable=True)
+        _count(threads["workers"], "threads.workers", 1, 4096)
 
 
 def printable(text: str, limit: int = 200) -> str:
@@ -136,7 +222,8 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         meta = json.loads(arrays.pop(META_KEY).tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"checkpoint {path} has corrupt metadata ({e})") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("format_version"), int):
+    fv = meta.get("format_version") if isinstance(meta, dict) else None
+    if not isinstance(fv, int) or isinstance(fv, bool) or fv < 1:
         raise CheckpointError(f"checkpoint {path} has no valid format version")
     if meta["format_version"] > FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path} has format version {meta['format_version']}, written by a newer "
@@ -149,5 +236,11 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             raise CheckpointError(f"checkpoint {path} holds an unexpected entry '{key}'")
         if value.dtype.kind not in "fiub":
             raise CheckpointError(f"checkpoint {path}: entry '{key}' has dtype {value.dtype}, expected numbers")
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise CheckpointError(f"checkpoint {path}: entry '{key}' holds NaN or infinite values")
         groups[prefix][name] = value
+    try:
+        validate_meta(meta)
+    except CheckpointError as e:
+        raise CheckpointError(f"checkpoint {path} has invalid metadata: {e}") from None
     return ckpt

@@ -330,6 +330,18 @@ def embedded_config(ckpt: Checkpoint, path: Path) -> dict:
         raise CheckpointError(f"checkpoint {path} holds an invalid config: {e}") from None
 
 
+def check_fits_data(meta: dict[str, Any], info: Any, num_outputs: int) -> None:
+    """The dataset, input shape and class names a checkpoint records must be those of the dataset its
+    config names (`info`, a DatasetInfo) and of the model's outputs (CheckpointError otherwise)."""
+    dataset, shape, names = meta.get("dataset"), meta.get("input_shape"), meta.get("class_names")
+    if dataset is not None and dataset != info.name:
+        raise CheckpointError(f"'dataset' is {printable(repr(dataset), 60)}, but its config trains on '{info.name}'")
+    if shape is not None and tuple(shape) != tuple(info.input_shape):
+        raise CheckpointError(f"'input_shape' is {shape}, but {info.name} images are {list(info.input_shape)}")
+    if names is not None and len(names) != num_outputs:
+        raise CheckpointError(f"'class_names' holds {len(names)} names, but the model has {num_outputs} outputs")
+
+
 def load_run(target: str | Path) -> LoadedRun:
     """Rebuild the trained model (float32, eval-ready) from a run folder or checkpoint file."""
     path, out_dir = find_checkpoint(target)
@@ -340,14 +352,17 @@ def load_run(target: str | Path) -> LoadedRun:
     info = data_info(cfg["data"])
     model = build_model(cfg["model"], info.input_shape, seed=cfg["seed"], dtype=np.float32)
     try:
+        check_fits_data(ckpt.meta, info, model.output_shape[0])
         model.load_state_dict(ckpt.params)
-    except CheckpointError as e:  # weights that do not fit the embedded config: name the file
+    except CheckpointError as e:  # weights or metadata that do not fit the embedded config: name the file
         raise CheckpointError(f"checkpoint {path} does not fit its own config: {e}") from None
     mean = ckpt.extra.get("norm_mean")
     std = ckpt.extra.get("norm_std")
-    if (mean is None) != (std is None) or (mean is not None and (mean.shape != (info.input_shape[0],)
-                                                                  or std.shape != mean.shape or np.any(std <= 0))):
-        raise CheckpointError(f"checkpoint {path} has invalid normalisation statistics")
+    if (mean is None) != (std is None) or (mean is not None and (
+            mean.shape != (info.input_shape[0],) or std.shape != mean.shape
+            or not np.all(np.isfinite(mean)) or not np.all(np.isfinite(std)) or np.any(std <= 0))):
+        raise CheckpointError(f"checkpoint {path} has invalid normalisation statistics (a mean and a positive "
+                              f"finite std per channel expected)")
     return LoadedRun(path, out_dir, cfg, model, mean, std, ckpt)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from nntrain.atomic import WriteError, atomic_write_text, open_for_write, reason
 from nntrain.config import dump_config
 from nntrain.data import num_batches
+from nntrain.data import num_batches
 from nntrain.data.augment import build_augment
 from nntrain.data.prepare import prepare
 from nntrain.errors import CheckpointError, NNTrainError, NumericalError
@@ -32,7 +33,7 @@ from nntrain.training.callbacks import Callback, Checkpoints, EarlyStopping, Met
 from nntrain.training.checkpoint import Checkpoint, load_checkpoint
 from nntrain.training.evaluate import evaluate
 from nntrain.training.health import TrainingHealth
-from nntrain.training.run_folder import RunFolder, check_same_data, embedded_config
+from nntrain.training.run_folder import RunFolder, check_fits_data, check_same_data, embedded_config
 from nntrain.training.state import restore_run_state, run_state_meta
 from nntrain.training.trainer import Interrupted, Parts, Trainer
 
@@ -95,12 +96,13 @@ def restore(trainer: Trainer, ckpt: Checkpoint, path: Path) -> None:
     """Put a trainer back where `snapshot` left it; CheckpointError naming `path` if anything does not fit."""
     p, m = trainer.parts, ckpt.meta
     try:
+        check_fits_data(m, trainer.data.info, p.model.output_shape[0])
         p.model.load_state_dict(ckpt.params)
         p.optimizer.load_state_dict(ckpt.optim, m["optimizer"])
         p.scheduler.load_state_dict(m["scheduler"])
         for name, gen in (("shuffle", p.shuffle_rng), ("augment", p.augment_rng), ("model", p.model.rng)):
             gen.bit_generator.state = m["rng"][name]
-        trainer.state = restore_run_state(m, trainer.epochs)
+        trainer.state = restore_run_state(m, trainer.epochs, num_batches(len(trainer.data.train_y), trainer.batch_size))
         states = m["callbacks"]
         for cb in trainer.callbacks:
             if cb.name:
