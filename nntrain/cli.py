@@ -175,9 +175,31 @@ def train(config: str | None, overrides: tuple[str, ...], resume: str | None, fo
 
     folder, summary = run_training(cfg, run_dir=run_dir, resume=resume, forced=forced, init_from=init_from,
                                    progress=progress, on_start=announce)
+    _write_report(folder)
     click.echo(f"test accuracy {summary['test_acc']:.4f} (loss {summary['test_loss']:.4f}) "
                f"from {summary['checkpoint']}", err=True)
     click.echo(str(folder))
+
+
+def _write_report(run_dir: Any) -> None:
+    """RUN_DIR/report.html after train and eval; a failure to write it is a warning, not the command's."""
+    from nntrain.errors import NNTrainError
+    from nntrain.tools.report_page import write_report
+
+    try:
+        click.echo(f"wrote {write_report(run_dir)}", err=True)
+    except (NNTrainError, OSError) as e:
+        click.echo(f"warning: could not write {Path(run_dir) / 'report.html'}: {e}", err=True)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@handle_errors
+def report(run_dir: str) -> None:
+    """Rebuild RUN_DIR/report.html: results, metrics, figures, model and config in one self-contained page."""
+    from nntrain.tools.report_page import write_report
+
+    click.echo(str(write_report(run_dir)))
 
 
 def _with_overrides(cfg: dict, overrides: tuple[str, ...]) -> dict:
@@ -344,6 +366,8 @@ def eval_cmd(target: str, split: str, batch_size: int, data_root: str | None, pe
     click.echo(report.format())
     for path in write_results(report, run, Path(out) if out else run.out_dir, out_given=out is not None):
         click.echo(f"wrote {path}", err=True)
+    if out is None:
+        _write_report(run.out_dir)
 
 
 @cli.command("augment-preview")
