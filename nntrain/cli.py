@@ -90,7 +90,29 @@ def handle_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+GLOBAL_OPTIONS = ("--threads", "--debug", "-v", "--verbose")
+
+
+class _Command(click.Command):
+    """A subcommand that says where a global option goes when one is given after it."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as e:
+            if e.option_name not in GLOBAL_OPTIONS:
+                raise
+            value = " 2" if e.option_name == "--threads" else ""
+            raise click.UsageError(f"No such option '{e.option_name}'. {e.option_name} is an option of nntrain "
+                                   f"itself: give it before the command, e.g. nntrain {e.option_name}{value} "
+                                   f"{ctx.info_name} ...", ctx) from None
+
+
+class _Group(click.Group):
+    command_class = _Command
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--debug", is_flag=True, help="Show Python tracebacks for errors.")
 @click.option("-v", "--verbose", is_flag=True, help="More log output.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
@@ -173,12 +195,13 @@ def train(config: str | None, overrides: tuple[str, ...], resume: str | None, fo
         click.echo(trainer.parts.model.summary(), err=True)
         click.echo(f"run folder: {folder}", err=True)
 
-    folder, summary = run_training(cfg, run_dir=run_dir, resume=resume, forced=forced, init_from=init_from,
-                                   progress=progress, on_start=announce)
+    # the test figures are in the run's log (on stderr); the folder, announced there at the start, goes to
+    # stdout for scripts (`run=$(nntrain train ...)`), and is not repeated on a terminal
+    folder, _ = run_training(cfg, run_dir=run_dir, resume=resume, forced=forced, init_from=init_from,
+                             progress=progress, on_start=announce)
     _write_report(folder)
-    click.echo(f"test accuracy {summary['test_acc']:.4f} (loss {summary['test_loss']:.4f}) "
-               f"from {summary['checkpoint']}", err=True)
-    click.echo(str(folder))
+    if not sys.stdout.isatty():
+        click.echo(str(folder))
 
 
 def _write_report(run_dir: Any) -> None:

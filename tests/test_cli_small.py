@@ -1,0 +1,29 @@
+"""Small things the `nntrain` shell says: where a global option goes, each end-of-training fact once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from conftest import run_cli, tiny_config, write_config
+from nntrain.cli import cli
+
+
+def test_a_global_option_after_the_command_gets_a_hint(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", tiny_config())
+    result = CliRunner().invoke(cli, ["train", str(config), "--threads", "2"])
+    assert result.exit_code == 2
+    assert "No such option '--threads'" in result.output
+    assert "give it before the command, e.g. nntrain --threads 2 train ..." in result.output
+    result = CliRunner().invoke(cli, ["time", str(config), "--bogus"])   # other options: click's own message
+    assert result.exit_code == 2 and "No such option '--bogus'" in result.output and "before" not in result.output
+
+
+def test_train_says_the_folder_and_the_test_accuracy_once(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", tiny_config(train__epochs=1))
+    proc = run_cli("train", str(config), "--run-dir", str(tmp_path / "run"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(tmp_path / "run")   # for scripts (stdout is no terminal here)
+    assert proc.stderr.count("test accuracy") == 1
+    assert proc.stderr.count(str(tmp_path / "run")) == 1
