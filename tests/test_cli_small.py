@@ -27,3 +27,15 @@ def test_train_says_the_folder_and_the_test_accuracy_once(tmp_path: Path) -> Non
     assert proc.stdout.strip() == str(tmp_path / "run")   # for scripts (stdout is no terminal here)
     assert proc.stderr.count("test accuracy") == 1
     assert proc.stderr.count(str(tmp_path / "run")) == 1
+
+
+def test_one_epoch_is_singular(caplog) -> None:   # type: ignore[no-untyped-def]
+    import logging
+
+    from nntrain.training.callbacks import EarlyStopping
+
+    stop = EarlyStopping("val_loss", patience=1)
+    with caplog.at_level(logging.INFO, logger="nntrain"):
+        assert not stop.on_epoch_end(None, 1, {"val_loss": 1.0})   # type: ignore[arg-type]
+        assert stop.on_epoch_end(None, 2, {"val_loss": 2.0})   # type: ignore[arg-type]
+    assert "has not improved for 1 epoch (" in caplog.text

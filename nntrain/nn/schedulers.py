@@ -425,8 +425,8 @@ class ReduceLROnPlateau(Scheduler):
             new = max(old * self.factor, self.min_lr)
             if old - new > self.eps:
                 self.optimizer.lr = new
-                logger.info("reduce_on_plateau: %s has not improved for %d epochs; lr %.6g -> %.6g",
-                            self.monitor, self.plateau.bad_epochs, old, new)
+                logger.info("reduce_on_plateau: %s has not improved for %d epoch%s; lr %.6g -> %.6g", self.monitor,
+                            self.plateau.bad_epochs, "" if self.plateau.bad_epochs == 1 else "s", old, new)
             self.cooldown_counter = self.cooldown
             self.plateau.bad_epochs = 0
 

@@ -64,8 +64,9 @@ class EarlyStopping(Callback):
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: Mapping[str, float]) -> bool:
         self.tracker.update(metrics[self.tracker.metric], epoch)
         if self.tracker.bad_epochs >= self.patience:
-            log.info("early stopping: %s has not improved for %d epochs (best %.4g at epoch %s)",
-                     self.tracker.metric, self.tracker.bad_epochs, self.tracker.best, self.tracker.best_epoch)
+            n = self.tracker.bad_epochs
+            log.info("early stopping: %s has not improved for %d epoch%s (best %.4g at epoch %s)",
+                     self.tracker.metric, n, "" if n == 1 else "s", self.tracker.best, self.tracker.best_epoch)
             return True
         return False
 

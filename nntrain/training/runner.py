@@ -308,9 +308,10 @@ def train(cfg: Mapping[str, Any], run_dir: str | os.PathLike | None = None, *,
                 if s.history:  # a run killed between last.npz and metrics.csv: the file catches up here
                     metrics.write(s.history)
                 done = s.epoch >= trainer.epochs or s.stopped_early
-                log.info("run %s is complete (%d epochs): evaluating the test set again" if done else
+                log.info("run %s is complete (%s): evaluating the test set again" if done else
                          "resumed at epoch %d, batch %d",
-                         *((folder.path, s.epoch) if done else (s.epoch + 1, s.batch)))
+                         *((folder.path, f"{s.epoch} epoch{'' if s.epoch == 1 else 's'}") if done
+                           else (s.epoch + 1, s.batch)))
             elif init_from:
                 log.info("initialised weights from %s (fresh optimizer state)", init_from)
             if on_start:
