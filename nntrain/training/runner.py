@@ -27,7 +27,7 @@ from nntrain import __version__
 from nntrain.nn.blas import find_blas
 from nntrain.nn.model import build_model
 from nntrain.nn.optim import build_optimizer
-from nntrain.nn.schedulers import build_scheduler
+from nntrain.nn.schedulers import ReduceLROnPlateau, build_scheduler
 from nntrain.rng import stream
 from nntrain.training.callbacks import Callback, Checkpoints, EarlyStopping, MetricsLog, logging_callbacks
 from nntrain.training.checkpoint import Checkpoint, load_checkpoint
@@ -303,6 +303,7 @@ def train(cfg: Mapping[str, Any], run_dir: str | os.PathLike | None = None, *,
                                        "train a new run (--init-from its checkpoint starts from its weights)")
                 restore(trainer, ckpt, folder.last)
                 _check_threads(ckpt, parts.model, folder.last)
+                _rebase_lr(trainer, cfg, forced)
                 _write_config(folder, cfg, forced)
                 s = trainer.state
                 if s.history:  # a run killed between last.npz and metrics.csv: the file catches up here
@@ -355,6 +356,25 @@ def _run(trainer: Trainer, folder: RunFolder, runlog: RunLog) -> None:
             where = (f" The last good checkpoint is {folder.last} (resume with: {resume})."
                      if folder.last.exists() else " No epoch finished, so there is no checkpoint.")
             raise NumericalError(f"{e}{where}") from None
+
+
+def _rebase_lr(trainer: Trainer, cfg: Mapping[str, Any], forced: Sequence[str]) -> None:
+    """--force changed optimizer.lr or the schedule: restoring the optimizer and scheduler state put the
+    checkpoint's learning rate back (its base lr, its current lr). Re-base the schedule on the forced
+    optimizer.lr at the position it has reached, so that the new value is the one that trains (and that
+    metrics.csv records); said in the log."""
+    if not any(k == "optimizer.lr" or k == "scheduler" or k.startswith("scheduler.") for k in forced):
+        return
+    sched, opt = trainer.parts.scheduler, trainer.parts.optimizer
+    old_base, old_lr, new_base = sched.base_lr, opt.lr, float(cfg["optimizer"]["lr"])
+    sched.base_lr = new_base
+    if isinstance(sched, ReduceLROnPlateau):   # its state is the lr itself: keep the reductions made so far
+        opt.lr = max(old_lr * new_base / old_base, sched.min_lr) if old_base > 0 else new_base
+    else:
+        opt.lr = sched.lr_at(sched.epoch, sched.steps)
+    if opt.lr != old_lr or new_base != old_base:
+        log.warning("--force: the learning rate is re-based on optimizer.lr %g (the checkpoint's was %g): "
+                    "lr now %g (restored: %g)", new_base, old_base, opt.lr, old_lr)
 
 
 def _write_config(folder: RunFolder, cfg: Mapping[str, Any], forced: Sequence[str]) -> None:

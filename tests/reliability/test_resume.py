@@ -160,3 +160,43 @@ def test_second_ctrl_c_exits_at_once_without_corruption(tmp_path: Path) -> None:
     code, out, err = finish(proc, timeout=60)
     assert code == 130
     load_checkpoint(run / "checkpoints" / "last.npz")  # still a valid checkpoint
+
+
+def test_sigterm_saves_and_resumes_exactly(tmp_path: Path, reference) -> None:
+    """SIGTERM (a batch scheduler, `docker stop`) mid-epoch: the batch finishes, last.npz holds the position
+    inside the epoch, exit 143 with the resume command; the resumed run is bit-identical."""
+    cfg_path, ref = reference
+    run = tmp_path / "run"
+    proc = cli("train", str(cfg_path), "--run-dir", str(run), "--no-progress")
+    while not (run / "metrics.csv").exists() and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    code, out, err = finish(proc)
+    if code == 0:
+        pytest.skip("the run finished before SIGTERM arrived (machine too fast)")
+    assert code == 143, err
+    assert "SIGTERM received" in err and f"nntrain train --resume {run}" in err, err
+    assert load_checkpoint(run / "checkpoints" / "last.npz").meta["batch"] > 0
+    resume_until_done(cfg_path, run)
+    assert_identical(fingerprint(run), ref)
+
+
+def test_forced_learning_rate_is_the_one_that_trains(tmp_path: Path) -> None:
+    """`--resume --force -s optimizer.lr=...`: the restored optimizer/scheduler state does not put the old lr
+    back; the schedule (step, gamma 0.5 each epoch) continues from the new base: 0.4 * 0.5**2 in epoch 3."""
+    cfg = tiny_config(optimizer={"type": "sgd", "lr": 0.05, "momentum": 0.9},
+                      scheduler={"type": "step", "step_size": 1, "gamma": 0.5}, train={"epochs": 2, "batch_size": 64})
+    cfg_path = write_config(tmp_path / "c.yaml", cfg)
+    run = tmp_path / "run"
+    code, _, err = finish(cli("train", str(cfg_path), "--run-dir", str(run), "--no-progress"))
+    assert code == 0, err
+    code, _, err = finish(cli("train", "--resume", str(run), "-s", "optimizer.lr=0.4", "-s", "train.epochs=3",
+                              "--force", "--no-progress"))
+    assert code == 0, err
+    with open(run / "metrics.csv") as f:
+        lrs = [float(r["lr"]) for r in csv.DictReader(f)]
+    assert lrs == [0.05, 0.025, 0.1], lrs
+    assert "re-based on optimizer.lr 0.4" in (run / "log.txt").read_text()
+    ckpt = load_checkpoint(run / "checkpoints" / "last.npz")
+    assert ckpt.meta["scheduler"]["base_lr"] == 0.4
