@@ -18,7 +18,6 @@ import hashlib
 import io
 import logging
 import os
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,19 +144,17 @@ def _decode_one(path: str | Path, size: tuple[int, int], color: str) -> np.ndarr
     """One image file -> uint8 (C, H, W). Raises ValueError/OSError (Pillow's errors) when unreadable."""
     from PIL import Image
 
-    with warnings.catch_warnings():
-        # Pillow warns (DecompressionBombWarning) between MAX_IMAGE_PIXELS and twice that; a dataset
-        # image that large is refused like the bigger bombs Pillow raises DecompressionBombError for.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as im:
-            limit = Image.MAX_IMAGE_PIXELS
-            if limit and im.width * im.height > limit:
-                raise ValueError(f"{im.width}x{im.height} pixels exceed the limit of {limit} "
-                                 "(a decompression bomb?)")
-            im = im.convert("L" if color == "grey" else "RGB")
-            if im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
+    # Pillow raises DecompressionBombError on opening an image of over twice MAX_IMAGE_PIXELS and only
+    # warns between once and twice that; an image over the limit is refused here before it is decoded.
+    # (warnings.catch_warnings would change process-wide filters from several threads at once.)
+    with Image.open(path) as im:
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit and im.width * im.height > limit:
+            raise ValueError(f"{im.width}x{im.height} pixels exceed the limit of {limit} (a decompression bomb?)")
+        im = im.convert("L" if color == "grey" else "RGB")
+        if im.size != (size[1], size[0]):
+            im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        arr = np.asarray(im, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
