@@ -160,7 +160,7 @@ def plot_health(rows: Sequence[dict], path: Path) -> Path:
     update-to-weight ratio (log scales), activation std (log scale) and dead-unit fraction."""
     panels = (("grad_norm", "gradient norm ‖g‖", True), ("update_ratio", "update / weight ‖Δw‖/‖w‖", True),
               ("std", "activation std", True), ("dead", "dead units (fraction)", False))
-    fig = Figure(figsize=(12, 8))
+    fig = Figure(figsize=(12, 8), layout="constrained")
     for k, (key, title, log_scale) in enumerate(panels):
         ax = fig.add_subplot(2, 2, k + 1)
         layers: dict[str, tuple[list[int], list[float]]] = {}
@@ -170,13 +170,15 @@ def plot_health(rows: Sequence[dict], path: Path) -> Path:
                 continue
             xs, ys = layers.setdefault(f"{r['layer']} {r['type']}", ([], []))
             xs.append(int(r["epoch"]))
-            ys.append(float(value))
+            ys.append(float(value) if float(value) > 0 or not log_scale else math.nan)   # 0: a gap on a log axis
         for label, (xs, ys) in layers.items():
             if log_scale and not any(y > 0 for y in ys):
                 continue
             ax.plot(xs, ys, "-o", markersize=3, label=label)
         if log_scale and any(y > 0 for _, ys in layers.values() for y in ys):
             ax.set_yscale("log")
+        elif not log_scale:
+            ax.set_ylim(-0.02, 1.02)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
