@@ -26,7 +26,8 @@ def test_train_says_the_folder_and_the_test_accuracy_once(tmp_path: Path) -> Non
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(tmp_path / "run")   # for scripts (stdout is no terminal here)
     assert proc.stderr.count("test accuracy") == 1
-    assert proc.stderr.count(str(tmp_path / "run")) == 1
+    said = [line for line in proc.stderr.splitlines() if line.rstrip().endswith(str(tmp_path / "run"))]
+    assert said == [f"run folder: {tmp_path / 'run'}"]
 
 
 def test_one_epoch_is_singular(caplog) -> None:   # type: ignore[no-untyped-def]

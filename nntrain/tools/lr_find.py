@@ -6,15 +6,17 @@ learning rate grows exponentially from `start` to `end`:
     lr_i = start · (end / start)^(i / (steps − 1)),   i = 0 … steps − 1
 
 (the config's optimizer with its momentum, weight decay and clipping; its schedule is not used). The
-per-batch loss L_i is smoothed by a bias-corrected exponential moving average (β = 0.98):
+per-batch loss L_i is smoothed by a bias-corrected exponential moving average (β = 0.95, which lags
+the raw loss by about 1/(1 − β) = 20 batches):
 
     a_i = β·a_{i−1} + (1 − β)·L_i,  a_{−1} = 0,    S_i = a_i / (1 − β^(i+1))
 
 and the test stops early once S_i > 4·min_{j≤i} S_j (or a loss is not finite): the loss has diverged.
 
 The suggested learning rate is the one where the smoothed loss falls fastest, the most negative
-slope dS/d(ln lr) (central differences) before the minimum of S, skipping the first tenth of the
-points (where the average is still settling). Where fewer than `MIN_POINTS` points precede the
+slope dS/d(ln lr) before the minimum of S, skipping the first tenth of the points (where the average
+is still settling). The slope at i is taken across w = max(1, n/40) points on either side,
+(S_{i+w} − S_{i−w}) / (ln lr_{i+w} − ln lr_{i−w}) (one-sided at the ends), so batch noise does not pick it. Where fewer than `MIN_POINTS` points precede the
 minimum, it is instead the lr of the minimum divided by 10. `LRFind.method` says which one was used.
 
 Batches come from the training split (with the config's augmentation), in an order drawn from the
@@ -39,7 +41,7 @@ from nntrain.training.runner import build_parts
 
 log = logging.getLogger("nntrain")
 
-BETA = 0.98
+BETA = 0.95
 DIVERGE_FACTOR = 4.0
 MIN_POINTS = 5
 STEEPEST = "steepest descent of the smoothed loss"
@@ -60,7 +62,8 @@ class LRFind:
 
     def summary(self) -> str:
         return (f"suggested learning rate: {self.suggestion:.3g} ({self.method})\n"
-                f"lowest smoothed loss {min(self.smoothed):.4g} at lr {self.min_lr:.3g}\n"
+                f"lowest smoothed loss {min(self.smoothed):.4g} at lr {self.min_lr:.3g} (a tenth of it: "
+                f"{self.min_lr / 10:.3g})\n"
                 f"{len(self.lrs)} batches, lr {self.lrs[0]:.3g} to {self.lrs[-1]:.3g}: {self.stop_reason}")
 
 
@@ -87,7 +90,10 @@ def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float, str]:
     k = int(np.argmin(smoothed))
     skip = len(smoothed) // 10
     if k + 1 - skip >= MIN_POINTS:
-        slope = np.gradient(np.asarray(smoothed[:k + 1]), np.log(np.asarray(lrs[:k + 1])))
+        s, x = np.asarray(smoothed[:k + 1]), np.log(np.asarray(lrs[:k + 1]))
+        w = max(1, len(smoothed) // 40)
+        lo, hi = np.maximum(np.arange(k + 1) - w, 0), np.minimum(np.arange(k + 1) + w, k)
+        slope = (s[hi] - s[lo]) / (x[hi] - x[lo])
         i = skip + int(np.argmin(slope[skip:]))
         return float(lrs[i]), STEEPEST
     return float(min(max(lrs[k] / 10, lrs[0]), lrs[-1])), MIN_OVER_10

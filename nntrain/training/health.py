@@ -44,6 +44,7 @@ import numpy as np
 
 from nntrain.atomic import atomic_write_text
 from nntrain.data import iterate_batches
+from nntrain.errors import NNTrainError
 from nntrain.nn.layers.base import Layer
 from nntrain.nn.layers.blocks import Block
 from nntrain.rng import stream
@@ -282,7 +283,11 @@ class TrainingHealth(Callback):
         if not self.sample:
             return False
         lr = float(metrics.get("lr", trainer.parts.optimizer.lr))
-        rows = measure(trainer, self.sample, lr)
+        try:
+            rows = measure(trainer, self.sample, lr)
+        except (NNTrainError, ValueError, ArithmeticError) as e:   # e.g. batchnorm on a 1-image sample
+            log.warning("training health could not be measured after epoch %d: %s", epoch, e)
+            return False
         classes = len(trainer.data.info.class_names)
         warnings = health_warnings(rows, trainer.state.history, classes, lr)
         by_layer: dict[str, list[str]] = {}

@@ -199,10 +199,11 @@ def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequen
     if suggestion is not None:
         ax.axvline(suggestion, color="C3", linestyle="--", label=f"suggested lr {suggestion:.3g} ({label})")
     ax.set_xscale("log")
-    finite = [v for v in smoothed if math.isfinite(v)]
-    if finite:
-        lo, hi = min(finite + [v for v in losses if math.isfinite(v)]), max(finite)
-        ax.set_ylim(lo - 0.05 * (hi - lo + 1e-12), min(hi, 4 * lo) + 0.1 * (hi - lo + 1e-12))
+    finite = [v for v in list(smoothed) + list(losses) if math.isfinite(v)]
+    if finite and math.isfinite(smoothed[0]):   # from the lowest loss to a little above the starting one
+        lo, hi = min(finite), max(smoothed[0], min(smoothed)) * 1.15
+        if hi > lo:
+            ax.set_ylim(lo - 0.05 * (hi - lo), hi)
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
     ax.grid(alpha=0.3, which="both")
