@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import re
 import statistics
@@ -20,6 +21,9 @@ from typing import Any, Sequence
 from nntrain.atomic import atomic_write_text, create_unique_dir
 from nntrain.errors import NNTrainError
 from nntrain.tables import column_alignment, format_table
+from nntrain.training.checkpoint import printable
+
+log = logging.getLogger("nntrain")
 
 MISSING = "—"
 
@@ -40,18 +44,19 @@ class RunRecord:
 
     def best_val_acc(self) -> float | None:
         vals = [float(r["val_acc"]) for r in self.history if r.get("val_acc") not in (None, "")]
+        vals = [v for v in vals if not math.isnan(v)]
         return max(vals) if vals else None
 
     def test_acc(self) -> float | None:
-        v = self.test.get("test_acc")
-        return float(v) if isinstance(v, (int, float)) else None
+        return _number(self.test.get("test_acc"))
 
     def epochs(self) -> int:
         v = self.test.get("epochs_trained")
-        return int(v) if isinstance(v, int) else len(self.history)
+        return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else len(self.history)
 
     def median_seconds(self) -> float | None:
         secs = [float(r["seconds"]) for r in self.history if r.get("seconds") not in (None, "")]
+        secs = [v for v in secs if not math.isnan(v)]
         return statistics.median(secs) if secs else None
 
 
@@ -83,15 +88,75 @@ def read_run(folder: str | Path) -> RunRecord:
         raise NNTrainError(f"cannot read {folder / 'metrics.csv'}: {e}") from None
     if history and not {"epoch", "val_acc", "seconds"} <= set(history[0]):
         raise NNTrainError(f"{folder / 'metrics.csv'} lacks the columns epoch, val_acc, seconds")
+    history = _numeric_rows(history, folder / "metrics.csv")
     test = _read_json(folder / "test.json") if (folder / "test.json").is_file() else {}
     robustness: dict[str, list[tuple[float, float]]] = {}
     if (folder / "eval" / "metrics.json").is_file():
-        ev = _read_json(folder / "eval" / "metrics.json")
-        for kind, rows in (ev.get("robustness") or {}).items():
-            if isinstance(rows, list):
-                robustness[str(kind)] = [(float(r["level"]), float(r["accuracy"])) for r in rows
-                                         if isinstance(r, dict) and "level" in r and "accuracy" in r]
+        robustness = _robustness(_read_json(folder / "eval" / "metrics.json"), folder / "eval" / "metrics.json")
     return RunRecord(folder, cfg, history, test, robustness)
+
+
+def _number(value: Any) -> float | None:
+    """A finite or NaN float from a CSV cell or JSON value; None for anything else (text, bool, inf)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isinf(x) else x
+
+
+def _numeric_rows(rows: list[dict], path: Path) -> list[dict]:
+    """metrics.csv rows with numbers for values: a row whose epoch is not an integer is skipped, a value
+    that is not a number is left empty, each with one warning naming the file (a hand-edited or damaged
+    file makes a comparison with gaps, not a traceback)."""
+    clean, skipped = [], []
+    for line, row in enumerate(rows, 2):
+        epoch = _number(row.get("epoch"))
+        if epoch is None or epoch != int(epoch) or epoch < 1:
+            skipped.append(f"line {line} (epoch {printable(str(row.get('epoch')), 20)!r})")
+            continue
+        out: dict[str, Any] = {"epoch": int(epoch)}
+        for key, value in row.items():
+            if key in (None, "epoch") or not isinstance(key, str):
+                continue   # cells beyond the header's columns
+            x = _number(value)
+            if x is None and value not in (None, ""):
+                skipped.append(f"line {line} {printable(key, 20)}={printable(str(value), 20)!r}")
+            out[key] = x
+        clean.append(out)
+    if skipped:
+        log.warning("%s: skipped what is not a number: %s%s", path, ", ".join(skipped[:5]),
+                    f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+    return clean
+
+
+def _robustness(ev: dict, path: Path) -> dict[str, list[tuple[float, float]]]:
+    """eval/metrics.json's robustness: kind -> [(level, accuracy)]; malformed entries are skipped with a
+    warning."""
+    found: dict[str, list[tuple[float, float]]] = {}
+    entries = ev.get("robustness") or {}
+    if not isinstance(entries, dict):
+        log.warning("%s: 'robustness' is not a mapping: skipped", path)
+        return found
+    bad = 0
+    for kind, rows in entries.items():
+        if not isinstance(rows, list):
+            bad += 1
+            continue
+        pairs = []
+        for r in rows:
+            level = _number(r.get("level")) if isinstance(r, dict) else None
+            acc = _number(r.get("accuracy")) if isinstance(r, dict) else None
+            if level is None or acc is None:
+                bad += 1
+                continue
+            pairs.append((level, acc))
+        found[printable(str(kind), 40)] = pairs
+    if bad:
+        log.warning("%s: skipped %d malformed robustness entr%s", path, bad, "y" if bad == 1 else "ies")
+    return found
 
 
 def flatten_config(cfg: Any, prefix: str = "") -> dict[str, Any]:

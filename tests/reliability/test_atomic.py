@@ -22,6 +22,7 @@ from nntrain.training.checkpoint import Checkpoint, load_checkpoint, save_checkp
 from nntrain.errors import DataError
 from test_checkpoints import invoke, make_data_root, small_config
 from conftest import write_config
+from trickle import FolderServer
 
 pytestmark = pytest.mark.reliability
 
@@ -182,7 +183,7 @@ def test_stale_temporary_files_of_a_killed_writer_are_cleaned(tmp_path):
     assert [p.name for p in leftovers(tmp_path)] == [".other.npz.abc123.tmp"]  # another file's temp is left alone
 
 
-# --- downloads (file:// URLs: no server needed) ------------------------------------------------------
+# --- downloads (a mirror on 127.0.0.1) ------------------------------------------------------------------
 @pytest.mark.parametrize("err, words", [(errno.ENOSPC, "no space left"), (errno.EROFS, "read-only")])
 @pytest.mark.parametrize("call", ["fsync", "replace"])
 def test_failed_download_keeps_previous_file(tmp_path, monkeypatch, call, err, words):
@@ -199,14 +200,15 @@ def test_failed_download_keeps_previous_file(tmp_path, monkeypatch, call, err, w
         calls.append(args)
         raise OSError(err, os.strerror(err))
 
-    monkeypatch.setattr(atomic.os, call, failing)
-    with pytest.raises(DataError) as e:
-        dl.download(src.as_uri(), dest, progress=False)
-    monkeypatch.setattr(atomic.os, call, real)
-    assert calls and e.value.exit_code == 2
-    assert words in str(e.value) and "file.gz" in str(e.value), str(e.value)
-    assert dest.read_bytes() == b"old contents" and leftovers(tmp_path) == []
-    dl.download(src.as_uri(), dest, progress=False)   # works once the disk has room again
+    with FolderServer(src.parent) as mirror:
+        monkeypatch.setattr(atomic.os, call, failing)
+        with pytest.raises(DataError) as e:
+            dl.download(f"{mirror.url}/file.gz", dest, progress=False)
+        monkeypatch.setattr(atomic.os, call, real)
+        assert calls and e.value.exit_code == 2
+        assert words in str(e.value) and "file.gz" in str(e.value), str(e.value)
+        assert dest.read_bytes() == b"old contents" and leftovers(tmp_path) == []
+        dl.download(f"{mirror.url}/file.gz", dest, progress=False)   # works once the disk has room again
     assert dest.read_bytes() == src.read_bytes()
 
 
@@ -218,8 +220,8 @@ def test_download_into_read_only_folder(tmp_path, monkeypatch):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
     monkeypatch.setattr(atomic.tempfile, "mkstemp", refuse)
-    with pytest.raises(DataError, match="read-only") as e:
-        dl.download(src.as_uri(), tmp_path / "data" / "file.gz", progress=False)
+    with FolderServer(tmp_path) as mirror, pytest.raises(DataError, match="read-only") as e:
+        dl.download(f"{mirror.url}/file.gz", tmp_path / "data" / "file.gz", progress=False)
     assert e.value.exit_code == 2
     assert not (tmp_path / "data" / "file.gz").exists()
 
@@ -277,11 +279,12 @@ def test_download_on_a_full_disk_through_the_cli(tmp_path, monkeypatch):
     root = tmp_path / "data"
     cfg = small_config(root)
     cfg["data"]["download"] = True
-    monkeypatch.setenv("NNTRAIN_MIRROR", mirror.as_uri())
     # The disk fills while the file streams in (its checksum, checked before the rename, is never reached).
-    fault = DiskFault(monkeypatch, "write", errno.ENOSPC, name="train-images-idx3-ubyte.gz")
-    code, out = invoke("train", write_config(tmp_path / "c.yaml", cfg), "--run-dir", tmp_path / "run",
-                       "--no-progress")
+    with FolderServer(mirror) as server:
+        monkeypatch.setenv("NNTRAIN_MIRROR", server.url)
+        fault = DiskFault(monkeypatch, "write", errno.ENOSPC, name="train-images-idx3-ubyte.gz")
+        code, out = invoke("train", write_config(tmp_path / "c.yaml", cfg), "--run-dir", tmp_path / "run",
+                           "--no-progress")
     assert code == 2 and fault.fired == 1, out
     assert "no space left" in out and "train-images-idx3-ubyte" in out, out
     assert leftovers(root) == [] and not (root / "mnist" / "train-images-idx3-ubyte.gz").exists()

@@ -51,3 +51,28 @@ class TrickleServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         time.sleep(0.01)
+
+
+class FolderServer:
+    """A plain HTTP server on 127.0.0.1 serving the files of `folder` (a mirror that works)."""
+
+    def __init__(self, folder) -> None:
+        import functools
+        from http.server import SimpleHTTPRequestHandler
+
+        class Quiet(SimpleHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> FolderServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
