@@ -162,3 +162,27 @@ def test_broken_runs_are_told_in_plain_words(tmp_path: Path, case: str) -> None:
         assert phrase in text, text
     flagged = [r for r in _rows(run / "health.csv") if r["warning"]]
     assert flagged and all(message in text for r in flagged for message in r["warning"].split(" | "))
+
+
+def test_a_resumed_run_keeps_and_continues_its_health_rows(tmp_path: Path) -> None:
+    from nntrain.training.runner import train
+    from nntrain.training.trainer import Interrupted
+
+    cfg = validate_config(tiny_config(optimizer={"type": "adam", "lr": 0.003}, train__epochs=2))
+    whole, _ = train(cfg, run_dir=tmp_path / "whole", progress=False)
+
+    def stop_inside_epoch_2(trainer, folder) -> None:   # type: ignore[no-untyped-def]
+        step = trainer.parts.optimizer.step
+
+        def counted() -> None:
+            step()
+            if trainer.state.epoch == 1 and trainer.state.batch == 2:
+                trainer.stop_requested = True
+
+        trainer.parts.optimizer.step = counted
+
+    with pytest.raises(Interrupted):
+        train(cfg, run_dir=tmp_path / "cut", progress=False, on_start=stop_inside_epoch_2)
+    assert [r["epoch"] for r in _rows(tmp_path / "cut" / "health.csv")][-1] == "1"
+    train(cfg, resume=tmp_path / "cut", progress=False)
+    assert _rows(tmp_path / "cut" / "health.csv") == _rows(whole / "health.csv")   # every value, to the bit
