@@ -413,7 +413,10 @@ def augment_preview_cmd(config: str, overrides: tuple[str, ...], out: str | None
     """
     from nntrain.tools.preview import write_augment_preview
 
-    click.echo(str(write_augment_preview(_load(config, overrides), out, n=num, variants=variants)))
+    from nntrain.config import load_config
+
+    cfg = load_config(config, list(overrides), data_only=True)   # no model or optimizer needed to look at data
+    click.echo(str(write_augment_preview(cfg, out, n=num, variants=variants)))
 
 
 @cli.command()

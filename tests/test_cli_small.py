@@ -40,3 +40,18 @@ def test_one_epoch_is_singular(caplog) -> None:   # type: ignore[no-untyped-def]
         assert not stop.on_epoch_end(None, 1, {"val_loss": 1.0})   # type: ignore[arg-type]
         assert stop.on_epoch_end(None, 2, {"val_loss": 2.0})   # type: ignore[arg-type]
     assert "has not improved for 1 epoch (" in caplog.text
+
+
+def test_augment_preview_needs_only_the_data_section(tmp_path: Path) -> None:
+    import yaml
+
+    config = tmp_path / "look.yaml"
+    config.write_text(yaml.safe_dump({"seed": 3, "data": {"dataset": "mnist-mini", "augment": [
+        {"type": "random_rotate", "degrees": 10}]}}))
+    out = tmp_path / "preview.png"
+    result = CliRunner().invoke(cli, ["augment-preview", str(config), "--out", str(out), "-n", "4"])
+    assert result.exit_code == 0, result.output
+    assert out.is_file()
+    config.write_text(yaml.safe_dump({"data": {"dataset": "mnist-mini", "augment": [{"type": "random_rotat"}]}}))
+    result = CliRunner().invoke(cli, ["augment-preview", str(config)])   # the data section is still checked
+    assert result.exit_code == 2 and "random_rotat" in result.output and "data.augment[0]" in result.output

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from nntrain.config.overrides import apply_overrides_tracked
-from nntrain.config.schema import default_name, validate
+from nntrain.config.schema import default_name, validate, validate_data_part
 from nntrain.options import plain
 from nntrain.config.yamlsafe import parse_yaml, read_text
 from nntrain.errors import ConfigError, ConfigErrors
@@ -49,7 +49,7 @@ def _override_for(path: str, applied: list[tuple[str, str]]) -> str | None:
 
 
 def _validate_located(raw: Any, source: str | None, lines: Mapping[str, int],
-                      applied: list[tuple[str, str]], name: str | None) -> dict[str, Any]:
+                      applied: list[tuple[str, str]], name: str | None, data_only: bool = False) -> dict[str, Any]:
     def located(e: ConfigError) -> ConfigError:
         override = _override_for(e.path, applied)
         if override is not None:
@@ -57,7 +57,7 @@ def _validate_located(raw: Any, source: str | None, lines: Mapping[str, int],
         return type(e)(e.message, e.path, source, _line_for(e.path, lines))
 
     try:
-        return validate(raw, name)
+        return validate_data_part(raw, name) if data_only else validate(raw, name)
     except ConfigErrors as e:
         raise ConfigErrors([located(err) for err in e.errors]) from None
     except ConfigError as e:
@@ -81,9 +81,9 @@ def validate_config(raw: Mapping[str, Any], source: str | None = None) -> dict[s
 
 
 def parse_config_text(text: str, source: str | None = None, overrides: Iterable[str] = (),
-                      name: str | None = None) -> dict[str, Any]:
+                      name: str | None = None, data_only: bool = False) -> dict[str, Any]:
     """Resolved config from YAML `text` (the body of load_config, for text not in a file).
-    `name` is the default run name."""
+    `name` is the default run name; `data_only`: see load_config."""
     raw, lines = parse_yaml(text, source)
     if raw is None:
         raise ConfigError("the config is empty; expected a mapping with the sections data, model and "
@@ -95,16 +95,19 @@ def parse_config_text(text: str, source: str | None = None, overrides: Iterable[
         raw, applied = apply_overrides_tracked(raw, overrides)
     except ConfigError as e:
         raise type(e)(e.message, e.path, source) from None
-    return _validate_located(raw, source, lines, applied, name)
+    return _validate_located(raw, source, lines, applied, name, data_only)
 
 
-def load_config(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> dict[str, Any]:
+def load_config(path: str | os.PathLike[str], overrides: Iterable[str] = (), data_only: bool = False
+                ) -> dict[str, Any]:
     """Read, override and validate a YAML config file; returns the resolved config.
 
     The run name defaults to the file's stem. Raises ConfigError (file, line, key path, what is valid).
+    `data_only`: resolve only `name`, `seed` and `data` (the other sections may be missing or
+    unfinished), for commands that only look at the data (`augment-preview`).
     """
     source = str(path)
-    return parse_config_text(read_text(path), source, overrides, default_name(Path(source).stem))
+    return parse_config_text(read_text(path), source, overrides, default_name(Path(source).stem), data_only)
 
 
 def dump_config(cfg: Mapping[str, Any]) -> str:

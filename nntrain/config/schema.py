@@ -306,6 +306,25 @@ def _collect(errors: list[ConfigError], check: Any) -> Any:
     return None
 
 
+def validate_data_part(raw: Any, default_name_: str | None = None) -> dict[str, Any]:
+    """`name`, `seed` and `data` of `raw` resolved, the other sections neither required nor checked
+    (what looking at the data needs: `augment-preview`). Unknown top-level keys are still refused."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"the config must be a mapping of sections ({', '.join(TOP_LEVEL)}), got {_kind(raw)}")
+    for key in raw:
+        if key not in TOP_LEVEL:
+            raise ConfigError(unknown_key_message(key, TOP_LEVEL, "the config"), str(key))
+    if "data" not in raw:
+        raise ConfigError("missing required section 'data'", "data")
+    errors: list[ConfigError] = []
+    cfg = {"name": _collect(errors, lambda: _name(raw, default_name_)),
+           "seed": _collect(errors, lambda: TOP_OPTIONS["seed"].validate(raw.get("seed", 0), "seed")),
+           "data": _collect(errors, lambda: _data(raw["data"]))}
+    if errors:
+        raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
+    return cfg
+
+
 def validate(raw: Any, default_name_: str | None = None, available_memory: int | None = -1) -> dict[str, Any]:
     """The resolved config of `raw`, or a ConfigError with the key path (no file or line).
 
