@@ -160,7 +160,8 @@ def plot_health(rows: Sequence[dict], path: Path) -> Path:
     update-to-weight ratio (log scales), activation std (log scale) and dead-unit fraction."""
     panels = (("grad_norm", "gradient norm ‖g‖", True), ("update_ratio", "update / weight ‖Δw‖/‖w‖", True),
               ("std", "activation std", True), ("dead", "dead units (fraction)", False))
-    fig = Figure(figsize=(12, 8), layout="constrained")
+    fig = Figure(figsize=(12, 8))
+    fig.subplots_adjust(hspace=0.3, wspace=0.2)
     for k, (key, title, log_scale) in enumerate(panels):
         ax = fig.add_subplot(2, 2, k + 1)
         layers: dict[str, tuple[list[int], list[float]]] = {}
@@ -184,7 +185,7 @@ def plot_health(rows: Sequence[dict], path: Path) -> Path:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if ax.get_lines():
-            ax.legend(fontsize=7, ncol=2 if len(layers) > 8 else 1)
+            ax.legend(fontsize=7, ncol=2 if len(layers) > 8 else 1, loc="upper right")   # "best" is slow
     return save_figure(fig, path)
 
 
