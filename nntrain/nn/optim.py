@@ -47,6 +47,24 @@ def clip_grads_by_value(grads: Sequence[np.ndarray], clip_value: float) -> None:
         np.clip(g, -clip_value, clip_value, out=g)
 
 
+def l2_gradient(p: np.ndarray, g: np.ndarray, wd: float, out: np.ndarray) -> np.ndarray:
+    """d = g + wd·p (weight decay added to the gradient, as torch.optim does), written into `out`;
+    g itself when wd is 0 (nothing is computed or copied)."""
+    if wd == 0:
+        return g
+    np.multiply(p, wd, out=out)
+    out += g
+    return out
+
+
+def ema_square(v: np.ndarray, d: np.ndarray, beta: float, tmp: np.ndarray) -> None:
+    """v ← β·v + (1 − β)·d² in place (torch: v.mul_(β).addcmul_(d, d, value=1 − β)); `tmp` is scratch."""
+    v *= beta
+    np.multiply(d, d, out=tmp)
+    tmp *= 1.0 - beta
+    v += tmp
+
+
 class Optimizer(Configurable):
     """Base class: declared `options`, the current `lr`, named state arrays and a step counter.
 
@@ -228,11 +246,7 @@ class SGD(Optimizer):
 
     def _update(self, i: int, p: np.ndarray, g: np.ndarray, tmp_a: np.ndarray, tmp_b: np.ndarray) -> None:
         wd, mu, tau = self.config["weight_decay"], self.config["momentum"], self.config["dampening"]
-        d = g
-        if wd != 0:
-            np.multiply(p, wd, out=tmp_a)
-            tmp_a += g
-            d = tmp_a
+        d = l2_gradient(p, g, wd, tmp_a)
         if mu != 0:
             buf = self.state["momentum"][i]
             if self.steps == 1:
@@ -282,16 +296,11 @@ class Adam(Optimizer):
             if self.decoupled:
                 p *= 1.0 - lr * wd
             else:
-                np.multiply(p, wd, out=tmp_a)
-                tmp_a += g
-                d = tmp_a
+                d = l2_gradient(p, g, wd, tmp_a)
         np.subtract(d, m, out=tmp_b)  # m.lerp_(d, 1 − β1)
         tmp_b *= 1.0 - b1
         m += tmp_b
-        v *= b2
-        np.multiply(d, d, out=tmp_b)
-        tmp_b *= 1.0 - b2
-        v += tmp_b
+        ema_square(v, d, b2, tmp_b)
         step_size = lr / (1.0 - b1 ** self.steps)
         bias_correction2_sqrt = (1.0 - b2 ** self.steps) ** 0.5
         np.sqrt(v, out=tmp_b)
@@ -341,15 +350,8 @@ class RMSprop(Optimizer):
         alpha, eps, wd, mu = self.config["alpha"], self.config["eps"], self.config["weight_decay"], \
             self.config["momentum"]
         v = self.state["square_avg"][i]
-        d = g
-        if wd != 0:
-            np.multiply(p, wd, out=tmp_a)
-            tmp_a += g
-            d = tmp_a
-        v *= alpha                       # v.mul_(α).addcmul_(d, d, value=1 − α)
-        np.multiply(d, d, out=tmp_b)
-        tmp_b *= 1.0 - alpha
-        v += tmp_b
+        d = l2_gradient(p, g, wd, tmp_a)
+        ema_square(v, d, alpha, tmp_b)
         if self.config["centered"]:
             avg = self.state["grad_avg"][i]
             np.subtract(d, avg, out=tmp_b)   # ḡ.lerp_(d, 1 − α)
@@ -399,11 +401,7 @@ class Adagrad(Optimizer):
     def _update(self, i: int, p: np.ndarray, g: np.ndarray, tmp_a: np.ndarray, tmp_b: np.ndarray) -> None:
         wd, eps, decay = self.config["weight_decay"], self.config["eps"], self.config["lr_decay"]
         s = self.state["sum"][i]
-        d = g
-        if wd != 0:
-            np.multiply(p, wd, out=tmp_a)
-            tmp_a += g
-            d = tmp_a
+        d = l2_gradient(p, g, wd, tmp_a)
         clr = self.lr / (1 + (float(self.steps) - 1) * decay)
         np.multiply(d, d, out=tmp_b)     # s.addcmul_(d, d, value=1)
         s += tmp_b
@@ -436,15 +434,8 @@ class Adadelta(Optimizer):
                 tmp_c: np.ndarray) -> None:
         rho, eps, wd = self.config["rho"], self.config["eps"], self.config["weight_decay"]
         v, u = self.state["square_avg"][i], self.state["acc_delta"][i]
-        d = g
-        if wd != 0:
-            np.multiply(p, wd, out=tmp_a)
-            tmp_a += g
-            d = tmp_a
-        v *= rho                         # v.mul_(ρ).addcmul_(d, d, value=1 − ρ)
-        np.multiply(d, d, out=tmp_b)
-        tmp_b *= 1.0 - rho
-        v += tmp_b
+        d = l2_gradient(p, g, wd, tmp_a)
+        ema_square(v, d, rho, tmp_b)
         np.add(v, eps, out=tmp_b)        # std = √(v + eps)
         np.sqrt(tmp_b, out=tmp_b)
         np.add(u, eps, out=tmp_c)        # Δ = √(u + eps) / std · d
