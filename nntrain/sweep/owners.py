@@ -15,6 +15,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
+from nntrain.atomic import process_alive
+
 WORKER_ATTR = "worker"
 HEARTBEAT_ATTR = "heartbeat"
 HEARTBEAT_S = 30.0      # how often a training worker says it is alive
@@ -56,15 +58,9 @@ class WorkerId:
 def is_alive(owner: Mapping[str, Any]) -> bool:
     """Whether the worker `owner` (a WORKER_ATTR, on this host) still runs."""
     pid = int(owner.get("pid", -1))
-    if pid <= 0:
+    if not process_alive(pid):
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:   # a process of another user: the pid was reused
-        return False
-    started = owner.get("started")
+    started = owner.get("started")   # a pid reused by another process has another start time
     return started is None or process_start(pid) in (None, started)
 
 
