@@ -151,5 +151,5 @@ def write_report(run_dir: str | Path) -> Path:
     """Write RUN_DIR/report.html (atomically); returns its path."""
     path = Path(run_dir) / REPORT_NAME
     atomic_write_text(path, render_report(run_dir))
-    log.info("wrote %s", path)
+    log.debug("wrote %s", path)
     return path

@@ -220,13 +220,13 @@ SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_every_shipped_configs_model_matches_nntrain_in_onnxruntime(rt, path):
     from nntrain.config import load_config
-    from nntrain.data import dataset_info
+    from nntrain.data import data_info
 
     cfg = load_config(path)
     missing = sorted(set(spec_types(cfg["model"])) - set(LAYERS))
     if missing:
         pytest.skip(f"{path.name} uses layer types {missing} that are not registered")
-    shape = dataset_info(cfg["data"]["dataset"]).input_shape
+    shape = data_info(cfg["data"]).input_shape
     model = build_model(cfg["model"], shape, seed=cfg["seed"])
     rng = np.random.default_rng(7)
     randomise(model, rng)
