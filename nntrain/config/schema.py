@@ -39,7 +39,9 @@ TOP_OPTIONS = {
 }
 DATA_OPTIONS = {
     "dataset": Option("str", choices=(*DATASETS, *CONFIGURED),
-                      doc="which dataset; folder: an image folder (root), csv: a CSV file (path)"),
+                      doc="which dataset; folder: an image folder (root), csv: a CSV file (path). Both take "
+                          "data.classes, a list of class names in label order (null: every class found, "
+                          "sorted; the resolved config records them, so a run reloads without its data)"),
     "root": Option("str", None, nullable=True,
                    doc="data folder; null: $NNTRAIN_DATA, else ~/.cache/nntrain. dataset: folder: the image "
                        "folder, ROOT/<class>/*.png|jpg|jpeg|bmp|gif|webp or ROOT/train/<class>/... + "
