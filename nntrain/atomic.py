@@ -112,6 +112,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     fd, tmp = None, None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.pid{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, 0o644)   # mkstemp makes it 0600: the finished file is readable like any other
         with os.fdopen(fd, mode) as f:
             fd = None
             yield f

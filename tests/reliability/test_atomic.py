@@ -288,3 +288,9 @@ def test_download_on_a_full_disk_through_the_cli(tmp_path, monkeypatch):
     assert code == 2 and fault.fired == 1, out
     assert "no space left" in out and "train-images-idx3-ubyte" in out, out
     assert leftovers(root) == [] and not (root / "mnist" / "train-images-idx3-ubyte.gz").exists()
+
+
+def test_atomic_files_are_readable_like_plain_files(tmp_path):
+    """A file written through a temporary is not left private (mkstemp's 0600)."""
+    atomic.atomic_write_text(tmp_path / "config.yaml", "a: 1\n")
+    assert (tmp_path / "config.yaml").stat().st_mode & 0o777 == 0o644

@@ -37,9 +37,11 @@ def trained(tmp_path_factory) -> dict:
     return {"tmp": tmp, "run": tmp / "run", "loaded": load_run(tmp / "run"), "digits": digits}
 
 
-PEAK = ("import atexit, resource, sys\n"
-        "atexit.register(lambda: sys.stderr.write("
-        "f'\\nPEAK_RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n'))\n"
+# The child's own peak: VmHWM belongs to the program's address space, made at exec. (ru_maxrss would
+# also count the pytest process it was forked from, kept across exec by Linux.)
+PEAK = ("import atexit, re, sys\n"
+        "hwm = lambda: re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
+        "atexit.register(lambda: sys.stderr.write(f'\\nPEAK_RSS {hwm()}\\n'))\n"
         "from nntrain.cli import main\n"
         "sys.argv = ['nntrain', *sys.argv[1:]]\n"
         "main()\n")
