@@ -70,7 +70,7 @@ class SoftmaxCrossEntropy(Configurable):
     without class_weights). With W = Σ_n w_{y_n} (= N unweighted), as torch's weighted mean:
     softmax=True (default): input z are logits (N, K); L = -1/W Σ_n Σ_k T_nk log softmax(z_n)_k and
     dL/dz_n = (softmax(z_n)·Σ_k T_nk - T_n) / W  (= (softmax(z) - t) / N unweighted).
-    softmax=False: input p are probabilities (the report's cancel_softmax); L = -1/W Σ T log p and
+    softmax=False: input p are probabilities (cancel_softmax); L = -1/W Σ T log p and
     dL/dp = -T / (W p), with p clipped at 1e-12 so both stay finite at p = 0.
     class_weights "balanced" is w_k = N_train / (K·count_k) from the training labels given at build
     time; validation losses are weighted the same way.
