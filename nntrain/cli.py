@@ -198,21 +198,9 @@ def train(config: str | None, overrides: tuple[str, ...], resume: str | None, fo
     # the test figures are in the run's log (on stderr); the folder, announced there at the start, goes to
     # stdout for scripts (`run=$(nntrain train ...)`), and is not repeated on a terminal
     folder, _ = run_training(cfg, run_dir=run_dir, resume=resume, forced=forced, init_from=init_from,
-                             progress=progress, on_start=announce)
-    _write_report(folder)
+                             progress=progress, on_start=announce)   # writes report.html too
     if not sys.stdout.isatty():
         click.echo(str(folder))
-
-
-def _write_report(run_dir: Any) -> None:
-    """RUN_DIR/report.html after train and eval; a failure to write it is a warning, not the command's."""
-    from nntrain.errors import NNTrainError
-    from nntrain.tools.report_page import write_report
-
-    try:
-        click.echo(f"wrote {write_report(run_dir)}", err=True)
-    except (NNTrainError, OSError) as e:
-        click.echo(f"warning: could not write {Path(run_dir) / 'report.html'}: {e}", err=True)
 
 
 @cli.command()
@@ -220,7 +208,7 @@ def _write_report(run_dir: Any) -> None:
 @handle_errors
 def report(run_dir: str) -> None:
     """Rebuild RUN_DIR/report.html: results, metrics, figures, model and config in one self-contained page."""
-    from nntrain.tools.report_page import write_report
+    from nntrain.training.report_page import write_report
 
     click.echo(str(write_report(run_dir)))
 
@@ -390,7 +378,9 @@ def eval_cmd(target: str, split: str, batch_size: int, data_root: str | None, pe
     for path in write_results(report, run, Path(out) if out else run.out_dir, out_given=out is not None):
         click.echo(f"wrote {path}", err=True)
     if out is None:
-        _write_report(run.out_dir)
+        from nntrain.training.report_page import write_report_or_warn
+
+        write_report_or_warn(run.out_dir)
 
 
 @cli.command("augment-preview")

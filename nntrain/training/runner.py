@@ -33,6 +33,7 @@ from nntrain.training.callbacks import Callback, Checkpoints, EarlyStopping, Met
 from nntrain.training.checkpoint import Checkpoint, load_checkpoint
 from nntrain.training.evaluate import evaluate
 from nntrain.training.health import TrainingHealth
+from nntrain.training.report_page import write_report_or_warn
 from nntrain.training.run_folder import RunFolder, check_fits_data, check_same_data, embedded_config
 from nntrain.training.state import restore_run_state, run_state_meta
 from nntrain.training.trainer import Interrupted, Parts, Trainer
@@ -420,5 +421,6 @@ def _finish(trainer: Trainer, folder: RunFolder, cfg: Mapping[str, Any], checkpo
     atomic_write_text(folder.test, json.dumps(summary, indent=2) + "\n")
     log.info("test loss %.4f  test accuracy %.4f  (%s checkpoint, epoch %s)", ev.loss, ev.accuracy, source,
              best.best_epoch if source == "best" else trainer.state.epoch)
+    write_report_or_warn(folder.path)   # every run has its page: CLI, library and sweep trials alike
     return summary
 

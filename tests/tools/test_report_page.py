@@ -102,3 +102,15 @@ def test_headless_chromium_renders_the_page(run_dir, tmp_path):
     with Image.open(shot) as im:   # something was drawn: not one flat colour
         lo, hi = im.convert("L").getextrema()
     assert hi - lo > 100
+
+
+def test_the_library_train_writes_the_page_too(tmp_path):
+    """Every run has its page: nntrain.train (library use, sweep trials) writes report.html as the CLI does."""
+    from nntrain.config import validate_config
+    from nntrain.training.runner import train
+
+    cfg = validate_config(tiny_config(train={"epochs": 1, "batch_size": 64}))
+    folder, _ = train(cfg, run_dir=tmp_path / "run", progress=False)
+    page = (folder / "report.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and "test_acc" in page
+    assert f"wrote {folder / 'report.html'}" in (folder / "log.txt").read_text()

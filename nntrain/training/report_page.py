@@ -153,3 +153,17 @@ def write_report(run_dir: str | Path) -> Path:
     atomic_write_text(path, render_report(run_dir))
     log.debug("wrote %s", path)
     return path
+
+
+def write_report_or_warn(run_dir: str | Path) -> Path | None:
+    """write_report, logging where it went; a page that cannot be written is a warning, never the run's
+    failure (its checkpoints and results are complete by then)."""
+    from nntrain.errors import NNTrainError
+
+    try:
+        path = write_report(run_dir)
+    except (NNTrainError, OSError) as e:
+        log.warning("could not write %s: %s", Path(run_dir) / REPORT_NAME, e)
+        return None
+    log.info("wrote %s", path)
+    return path
