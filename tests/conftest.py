@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -65,3 +66,26 @@ def write_config(path: Path, cfg: dict) -> Path:
 @pytest.fixture
 def config_file(tmp_path: Path) -> Path:
     return write_config(tmp_path / "tiny.yaml", tiny_config())
+
+
+# --- comparing with the PyTorch oracle --------------------------------------------------------------
+DTYPES = [np.float64, np.float32]
+RTOL = {np.float64: 1e-5, np.float32: 1e-4}
+
+
+def readonly(a) -> np.ndarray:
+    """A copy that cannot be written to: a layer that modifies its input or gradient raises."""
+    a = np.array(a)
+    a.flags.writeable = False
+    return a
+
+
+def close(ours: np.ndarray, ref, dtype) -> None:
+    """allclose with the dtype's rtol and an atol scaled to the reference's magnitude (sums of many
+    float32 terms lose relative accuracy on the entries that cancel to near zero)."""
+    ref = ref.detach().numpy() if hasattr(ref, "detach") else np.asarray(ref)
+    assert ours.shape == ref.shape
+    assert ours.dtype == np.dtype(dtype), f"dtype {ours.dtype}, expected {np.dtype(dtype)}"
+    scale = max(1.0, float(np.max(np.abs(ref)))) if ref.size else 1.0
+    atol = (1e-10 if dtype == np.float64 else 1e-5) * scale
+    np.testing.assert_allclose(ours, ref, rtol=RTOL[dtype], atol=atol)

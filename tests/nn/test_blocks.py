@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import DTYPES, RTOL, close, readonly
 from nntrain.errors import ConfigError, ShapeError
 from nntrain.nn.layers import LAYERS
 from nntrain.nn.layers.blocks import Block, Residual, backward_calls, leaves, plan_steps
@@ -22,8 +23,6 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 REPO = Path(__file__).resolve().parents[2]
-DTYPES = [np.float64, np.float32]
-RTOL = {np.float64: 1e-5, np.float32: 1e-4}
 
 
 def conv(out: int, k=3, stride=1, padding=1, bias=True, **extra) -> dict:
@@ -56,20 +55,6 @@ def make(spec: dict, input_shape, dtype=np.float64, seed: int = 0):
     return layer
 
 
-def readonly(a: np.ndarray) -> np.ndarray:
-    a = np.array(a)
-    a.flags.writeable = False
-    return a
-
-
-def close(ours: np.ndarray, ref, dtype) -> None:
-    """allclose with the dtype's rtol and an atol scaled to the reference's magnitude."""
-    ref = ref.detach().numpy() if hasattr(ref, "detach") else np.asarray(ref)
-    assert ours.shape == ref.shape
-    assert ours.dtype == np.dtype(dtype), f"dtype {ours.dtype}, expected {np.dtype(dtype)}"
-    scale = max(1.0, float(np.max(np.abs(ref)))) if ref.size else 1.0
-    atol = (1e-10 if dtype == np.float64 else 1e-5) * scale
-    np.testing.assert_allclose(ours, ref, rtol=RTOL[dtype], atol=atol)
 
 
 def run(layer, x: np.ndarray, g_seed: int = 1, need_input_grad: bool = True):

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import DTYPES, RTOL, close, readonly
 from nntrain.errors import ConfigError, ShapeError
 from nntrain.nn.layers import LAYERS
 
@@ -20,8 +21,6 @@ except ImportError:  # tests/ imported as a package
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-DTYPES = [np.float64, np.float32]
-RTOL = {np.float64: 1e-5, np.float32: 1e-4}
 TORCH_DTYPE = {np.float64: torch.float64, np.float32: torch.float32}
 
 
@@ -32,21 +31,6 @@ def make(spec: dict, input_shape, dtype=np.float64, seed: int = 0):
     return layer
 
 
-def readonly(a: np.ndarray) -> np.ndarray:
-    a = np.array(a)
-    a.flags.writeable = False
-    return a
-
-
-def close(ours: np.ndarray, ref, dtype) -> None:
-    """allclose with the dtype's rtol and an atol scaled to the reference's magnitude (sums of many
-    float32 terms lose relative accuracy on the entries that cancel to near zero)."""
-    ref = ref.detach().numpy() if hasattr(ref, "detach") else np.asarray(ref)
-    assert ours.shape == ref.shape
-    assert ours.dtype == np.dtype(dtype), f"dtype {ours.dtype}, expected {np.dtype(dtype)}"
-    scale = max(1.0, float(np.max(np.abs(ref)))) if ref.size else 1.0
-    atol = (1e-10 if dtype == np.float64 else 1e-5) * scale
-    np.testing.assert_allclose(ours, ref, rtol=RTOL[dtype], atol=atol)
 
 
 def run(layer, x: np.ndarray, g_seed: int = 1, train: bool = True):

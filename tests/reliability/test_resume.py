@@ -128,21 +128,26 @@ def test_sigkill_at_random_moments_then_resume(tmp_path: Path, reference, seed: 
     assert_identical(fingerprint(run), ref)
 
 
-def test_ctrl_c_saves_and_resumes_exactly(tmp_path: Path, reference) -> None:
+@pytest.mark.parametrize("sig, code, words", [(signal.SIGINT, 130, "SIGINT received"),
+                                              (signal.SIGTERM, 143, "SIGTERM received")], ids=["ctrl-c", "sigterm"])
+def test_a_stop_signal_saves_and_resumes_exactly(tmp_path: Path, reference, sig, code, words) -> None:
+    """Ctrl-C, or SIGTERM (a batch scheduler, `docker stop`), mid-epoch: the batch finishes, last.npz holds
+    the position inside the epoch, the exit code and the resume command are printed; the resumed run is
+    bit-identical to an uninterrupted one."""
     cfg_path, ref = reference
     run = tmp_path / "run"
     proc = cli("train", str(cfg_path), "--run-dir", str(run), "--no-progress")
     while not (run / "metrics.csv").exists() and proc.poll() is None:
         time.sleep(0.02)
     time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    code, out, err = finish(proc)
-    if code == 0:
-        pytest.skip("the run finished before the interrupt arrived (machine too fast)")
-    assert code == 130, err
-    assert "--resume" in err and str(run) in err
+    proc.send_signal(sig)
+    got, out, err = finish(proc)
+    if got == 0:
+        pytest.skip("the run finished before the signal arrived (machine too fast)")
+    assert got == code, err
+    assert words in err and f"nntrain train --resume {run}" in err, err
     ckpt = load_checkpoint(run / "checkpoints" / "last.npz")
-    assert ckpt.meta["batch"] > 0, "Ctrl-C mid-epoch saves the position inside the epoch"
+    assert ckpt.meta["batch"] > 0, "a stop mid-epoch saves the position inside the epoch"
     resume_until_done(cfg_path, run)
     assert_identical(fingerprint(run), ref)
 
@@ -160,26 +165,6 @@ def test_second_ctrl_c_exits_at_once_without_corruption(tmp_path: Path) -> None:
     code, out, err = finish(proc, timeout=60)
     assert code == 130
     load_checkpoint(run / "checkpoints" / "last.npz")  # still a valid checkpoint
-
-
-def test_sigterm_saves_and_resumes_exactly(tmp_path: Path, reference) -> None:
-    """SIGTERM (a batch scheduler, `docker stop`) mid-epoch: the batch finishes, last.npz holds the position
-    inside the epoch, exit 143 with the resume command; the resumed run is bit-identical."""
-    cfg_path, ref = reference
-    run = tmp_path / "run"
-    proc = cli("train", str(cfg_path), "--run-dir", str(run), "--no-progress")
-    while not (run / "metrics.csv").exists() and proc.poll() is None:
-        time.sleep(0.02)
-    time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    code, out, err = finish(proc)
-    if code == 0:
-        pytest.skip("the run finished before SIGTERM arrived (machine too fast)")
-    assert code == 143, err
-    assert "SIGTERM received" in err and f"nntrain train --resume {run}" in err, err
-    assert load_checkpoint(run / "checkpoints" / "last.npz").meta["batch"] > 0
-    resume_until_done(cfg_path, run)
-    assert_identical(fingerprint(run), ref)
 
 
 def test_forced_learning_rate_is_the_one_that_trains(tmp_path: Path) -> None:
