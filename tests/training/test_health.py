@@ -186,3 +186,144 @@ def test_a_resumed_run_keeps_and_continues_its_health_rows(tmp_path: Path) -> No
     assert [r["epoch"] for r in _rows(tmp_path / "cut" / "health.csv")][-1] == "1"
     train(cfg, resume=tmp_path / "cut", progress=False)
     assert _rows(tmp_path / "cut" / "health.csv") == _rows(whole / "health.csv")   # every value, to the bit
+
+
+# --- the numbers, against a hand computation ------------------------------------------------------------------
+
+def _hand_forward(x: np.ndarray, P: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """linear 3->4, relu, linear 4->2 in plain NumPy: (pre-activation h, relu output a, logits z)."""
+    h = x @ P["W1"] + P["b1"]
+    a = np.maximum(h, 0.0)
+    return h, a, a @ P["W2"] + P["b2"]
+
+
+def _hand_grads(x: np.ndarray, y: np.ndarray, P: dict, lam1: float, lam2: float) -> dict:
+    """The gradient of the batch's mean softmax cross-entropy, backpropagated by hand, with the per-layer
+    L2 terms λW of the two weight matrices (not the biases)."""
+    h, a, z = _hand_forward(x, P)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    p = e / e.sum(axis=1, keepdims=True)
+    dz = (p - np.eye(z.shape[1])[y]) / len(y)
+    da = dz @ P["W2"].T
+    dh = da * (h > 0)
+    return {"W1": x.T @ dh + lam1 * P["W1"], "b1": dh.sum(axis=0),
+            "W2": a.T @ dz + lam2 * P["W2"], "b2": dz.sum(axis=0)}
+
+
+def _hand_step(P: dict, G: dict, S: dict, t: int, lr: float, opt: dict) -> dict:
+    """One optimizer step t (from 1) by hand, torch's rules: updates the state S in place and returns Δθ."""
+    delta = {}
+    for k in P:
+        d = G[k] + opt["weight_decay"] * P[k]
+        if opt["type"] == "sgd":
+            S[k] = d.copy() if t == 1 else opt["momentum"] * S[k] + d
+            delta[k] = -lr * S[k]
+        else:
+            b1, b2 = opt["betas"]
+            m, v = S.get(k, (0.0, 0.0))
+            m, v = b1 * m + (1 - b1) * d, b2 * v + (1 - b2) * d * d
+            S[k] = (m, v)
+            delta[k] = -lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + opt["eps"])
+    return delta
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("opt_spec", [
+    {"type": "sgd", "lr": 0.3, "momentum": 0.9, "weight_decay": 0.01},
+    {"type": "adam", "lr": 0.02, "betas": [0.8, 0.9], "eps": 1e-8, "weight_decay": 0.01}], ids=["sgd", "adam"])
+def test_health_rows_match_a_hand_computation(opt_spec: dict, dtype: type) -> None:
+    """Two epochs of a real Trainer with the TrainingHealth callback on a tiny net (linear 3->4, relu,
+    linear 4->2; per-layer weight decay on both weights, optimizer weight decay, a step schedule that halves
+    the lr after each epoch): every number of every health row equals the plain-NumPy computation of the
+    README's definitions: ‖g‖ over W and b together of the mean gradient of the sample's batches, ‖w‖, and
+    ‖Δw‖/‖w‖ of one optimizer step from that gradient with the epoch's lr and the optimizer's current state;
+    relu mean/std over every output value and the fraction of its units never positive on the sample; the
+    model row's global norms."""
+    from nntrain.data.prepare import PreparedData
+    from nntrain.data.registry import DatasetInfo
+    from nntrain.nn.losses import build_loss
+    from nntrain.nn.model import build_model
+    from nntrain.nn.optim import build_optimizer
+    from nntrain.nn.schedulers import build_scheduler
+    from nntrain.training.health import TrainingHealth
+    from nntrain.training.trainer import Parts, Trainer
+
+    seed, batch, epochs, lam1, lam2, gamma = 5, 4, 2, 0.05, 0.02, 0.5
+    gen = np.random.default_rng(1)
+    images = gen.integers(0, 256, size=(10, 3, 1, 1), dtype=np.uint8)   # 10 images: 3 training batches (4, 4, 2)
+    labels = gen.integers(0, 2, size=10).astype(np.int64)
+    mean, std = np.array([0.4, 0.5, 0.6], np.float32), np.array([0.3, 0.25, 0.2], np.float32)
+    empty = np.zeros((0, 3, 1, 1), np.uint8), np.zeros(0, np.int64)
+    info = DatasetInfo(name="tiny", input_shape=(3, 1, 1), num_classes=2, class_names=("a", "b"), num_train=10,
+                       num_test=0)
+    data = PreparedData(info, images, labels, *empty, *empty, mean, std)
+    model = build_model([{"type": "flatten"}, {"type": "linear", "out_features": 4, "weight_decay": lam1},
+                         {"type": "relu"}, {"type": "linear", "out_features": 2, "weight_decay": lam2}],
+                        (3, 1, 1), seed=seed, dtype=dtype)
+    model.layers[1].params["b"][3] = -20.0   # hidden unit 3 never fires: dead 1/4 at least
+    model.layers[1].params["b"][:3] = 0.1
+    optimizer = build_optimizer(opt_spec, list(model.parameters()))
+    parts = Parts(model=model, loss=build_loss(), optimizer=optimizer,
+                  scheduler=build_scheduler({"type": "step", "step_size": 1, "gamma": gamma}, optimizer, epochs),
+                  augment=None, shuffle_rng=np.random.default_rng(seed + 100), augment_rng=np.random.default_rng(0))
+    P = {"W1": model.layers[1].params["W"], "b1": model.layers[1].params["b"],
+         "W2": model.layers[3].params["W"], "b2": model.layers[3].params["b"]}
+    P = {k: v.astype(np.float64) for k, v in P.items()}   # the initial weights; from here on all by hand
+    health = TrainingHealth(None, seed)   # as the runner adds it: 2 sample batches
+    trainer = Trainer(parts, data, epochs=epochs, batch_size=batch, eval_batch_size=batch, callbacks=[health],
+                      progress=False)
+    trainer.run()
+
+    def normalised(idx: np.ndarray) -> np.ndarray:   # as the loader converts: float32 x/255, − mean, / std
+        x = np.divide(images[idx], np.float32(255), dtype=np.float32)
+        return ((x - mean[:, None, None]) / std[:, None, None]).reshape(len(idx), 3).astype(np.float64)
+
+    # the sample: 2 batches (8 of the 10 images), drawn once from the seed's `health` stream (number 103), sorted
+    pick = np.sort(np.random.default_rng([seed, 103]).choice(10, size=8, replace=False))
+    sample = [(normalised(pick[:4]), labels[pick[:4]]), (normalised(pick[4:]), labels[pick[4:]])]
+    assert len(health.sample) == 2
+    for (x, y), (xs, ys) in zip(sample, health.sample):
+        np.testing.assert_array_equal(ys, y)
+        np.testing.assert_allclose(xs.reshape(len(ys), 3), x, rtol=1e-6)
+
+    rtol = 1e-6 if dtype == np.float64 else 1e-5
+    shuffle, S, t, lr = np.random.default_rng(seed + 100), {}, 0, opt_spec["lr"]
+    for epoch in range(1, epochs + 1):
+        order = shuffle.permutation(10)   # the epoch's training batches, one step each
+        for start in range(0, 10, batch):
+            idx = order[start:start + batch]
+            t += 1
+            G = _hand_grads(normalised(idx), labels[idx], P, lam1, lam2)
+            for k, d in _hand_step(P, G, S, t, lr, opt_spec).items():
+                P[k] = P[k] + d
+        # the health measurement after the epoch: the mean of the sample batches' gradients, one step of
+        # the optimizer from its state now (copied: the real step is undone) at the epoch's lr
+        Gs = [_hand_grads(x, y, P, lam1, lam2) for x, y in sample]
+        g = {k: (Gs[0][k] + Gs[1][k]) / 2 for k in P}
+        delta = _hand_step(P, g, {k: v for k, v in S.items()}, t + 1, lr, opt_spec)
+        relu = np.concatenate([_hand_forward(x, P)[1] for x, _ in sample])   # (8, 4)
+
+        def norm(d: dict, keys: tuple) -> float:
+            return float(np.sqrt(sum(np.sum(d[k] ** 2) for k in keys)))
+
+        expected = {}
+        for layer, keys in (("1", ("W1", "b1")), ("3", ("W2", "b2")), ("model", tuple(P))):
+            expected[layer] = {"grad_norm": norm(g, keys), "weight_norm": norm(P, keys),
+                               "update_ratio": norm(delta, keys) / norm(P, keys)}
+        expected["2"] = {"mean": relu.mean(), "std": relu.std(), "dead": float(np.mean(~(relu > 0).any(axis=0)))}
+        assert expected["2"]["dead"] >= 0.25 and expected["2"]["std"] > 0
+
+        rows = {r["layer"]: r for r in health.rows if r["epoch"] == epoch}
+        assert list(rows) == ["1", "3", "2", "model"]
+        assert [rows[n]["type"] for n in ("1", "3", "2", "model")] == ["linear", "linear", "relu", "model"]
+        for layer, values in expected.items():
+            for key, value in values.items():
+                assert rows[layer][key] == pytest.approx(value, rel=rtol, abs=1e-12), (epoch, layer, key)
+            others = set(COLUMNS) - set(values) - {"epoch", "layer", "type", "warning"}
+            assert all(rows[layer][k] is None for k in others), (layer, rows[layer])
+        lr *= gamma   # the step schedule, after the epoch
+    # the measurement left training alone: the model's weights are the hand-trained ones
+    for k, (i, name) in {"W1": (1, "W"), "b1": (1, "b"), "W2": (3, "W"), "b2": (3, "b")}.items():
+        assert model.layers[i].params[name].dtype == dtype
+        np.testing.assert_allclose(model.layers[i].params[name], P[k], rtol=rtol, atol=1e-12, err_msg=k)
+    assert optimizer.lr == pytest.approx(opt_spec["lr"] * gamma ** epochs)
