@@ -8,10 +8,12 @@ epoch the model's current weights are measured on that sample:
 * per parameterised layer (linear, conv2d, batchnorm; those inside residual blocks too), over all its
   parameters θ (W and b together):
   - `grad_norm` = ‖ḡ‖₂, ḡ = (1/B) Σ_b ∇θ L_b, the gradient of the mean loss of the B sample batches
-    (per-layer weight decay included, as training's backward has it);
+    (per-layer weight decay included, as training's backward has it; the optimizer's weight_decay is
+    not, it is part of the step);
   - `weight_norm` = ‖θ‖₂;
-  - `update_ratio` = ‖Δθ‖₂ / ‖θ‖₂, Δθ the update the optimizer would make from ḡ right now, with its
-    current lr, momentum or moments, and clipping: one real `step()`, after which the parameters and
+  - `update_ratio` = ‖Δθ‖₂ / ‖θ‖₂, Δθ the update the optimizer would make from ḡ right now, with the
+    lr the epoch trained with (metrics.csv's, not the next epoch's that the schedule has already set),
+    its current momentum or moments, and clipping: one real `step()`, after which the parameters and
     the optimizer state are put back exactly. (≈1e-3 is the usual healthy value for SGD.)
 * per activation layer (relu, leaky_relu, sigmoid, tanh, gelu; nested ones too), over every output
   value on the sample: `mean`, `std`, and for relu and leaky_relu `dead`, the fraction of units that
