@@ -12,6 +12,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# Every shipped training config: configs/*.yaml and the ports of published setups in configs/ports/.
+SHIPPED_CONFIGS = sorted((REPO / "configs").glob("*.yaml")) + sorted((REPO / "configs" / "ports").glob("*.yaml"))
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import SHIPPED_CONFIGS
 from nntrain.config import apply_overrides, dump_config, load_config, validate_config
 from nntrain.errors import ConfigError, ShapeError
 from nntrain.nn.layers import LAYERS
@@ -263,7 +264,7 @@ def test_roundtrip_of_a_cnn_with_pairs_dumped_as_lists(tmp_path: Path) -> None:
     _roundtrip(tmp_path, cfg)
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_load_and_roundtrip(tmp_path: Path, path: Path) -> None:
     try:
         cfg = load_config(path)
@@ -359,7 +360,7 @@ def test_docs_config_md_is_the_generated_reference() -> None:
     assert re.search(r"\| `train.early_stopping.patience` +\| int +\| `5` +\|", text)
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_takes_a_one_epoch_smoke_run(path: Path, caplog) -> None:
     """`-s train.epochs=1` is the first thing people try: it resolves for every shipped config (a warmup
     longer than the run is shortened, with a warning that says so)."""

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli, tiny_config, write_config
+from conftest import REPO, SHIPPED_CONFIGS, run_cli, tiny_config, write_config
 from nntrain.errors import NNTrainError
 from nntrain.nn.layers import LAYERS, Layer
 from nntrain.nn.model import Model, build_model
@@ -214,7 +214,7 @@ def test_initializers_carry_the_models_parameter_names(rt):
 
 
 # --- whole models -----------------------------------------------------------------------------------
-SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
+SHIPPED = SHIPPED_CONFIGS
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
