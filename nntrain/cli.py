@@ -282,15 +282,19 @@ def gradcheck(config: str, overrides: tuple[str, ...], full: bool, samples: int,
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Default: train.batch_size.")
 @handle_errors
 def time_cmd(config: str, overrides: tuple[str, ...], batches: int, batch_size: int | None) -> None:
-    """Per-layer forward/backward time of CONFIG's model (like `caffe time`).
+    """Per-layer forward/backward time of CONFIG's model (like `caffe time`), each layer's GFLOP/s and
+    its share of the machine's GEMM peak (measured first, same BLAS and threads), and where the rest of
+    the step's time goes.
 
     \b
     Example:
       nntrain --threads 2 time configs/cnn.yaml --batches 50
     """
-    from nntrain.tools.timing import format_profile, profile_config
+    from nntrain.tools.timing import format_profile, gemm_peak, profile_config
 
-    click.echo(format_profile(profile_config(_load(config, overrides), batches=batches, batch_size=batch_size)))
+    peak = gemm_peak()
+    rows = profile_config(_load(config, overrides), batches=batches, batch_size=batch_size, peak=peak)
+    click.echo(format_profile(rows, peak=peak))
 
 
 @cli.command("lr-find")

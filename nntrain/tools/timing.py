@@ -9,6 +9,12 @@ row reports the median milliseconds per batch over `batches` batches; medians re
 scheduler hiccup better than means. GFLOP/s uses `layer.flops(input_shape)` (forward FLOPs per
 sample); backward is counted as 2× the forward FLOPs (one GEMM for the input gradient, one for the
 weight gradient), 1× for the first layer, which skips its input gradient.
+
+Beside each layer's GFLOP/s stands its share of the machine's GEMM peak: the GFLOP/s of one large square
+float32 matrix product (`gemm_peak`, measured once per profile with the same BLAS and thread count), the
+most the arithmetic of these layers could run at. The closing lines give the whole step's share and how
+its time divides between layers with matrix products and the rest (element-wise layers, pooling, loss,
+optimizer): the time that is not arithmetic.
 """
 
 from __future__ import annotations
@@ -48,10 +54,43 @@ class ProfileRow:
     forward_gflops: float | None
     backward_gflops: float | None
     batch_size: int | None = None
+    flops: float = 0.0                  # forward + backward FLOPs per batch (0: none known)
+    peak_share: float | None = None     # (flops / total time) / GEMM peak, in percent
 
     @property
     def total_ms(self) -> float:
         return self.forward_ms + self.backward_ms
+
+
+@dataclass(frozen=True)
+class GemmPeak:
+    """GFLOP/s of an (n x n) @ (n x n) float32 product on `threads` BLAS threads (best of `repeats`)."""
+
+    gflops: float
+    size: int
+    threads: int
+
+
+def gemm_peak(size: int = 1024, repeats: int = 5, threads: int | None = None) -> GemmPeak:
+    """Measure the BLAS's float32 GEMM speed: the best of `repeats` products C = A·B of (size x size)
+    matrices (2·size³ FLOPs each) after one warm-up, with the BLAS at its current thread count (what
+    `nntrain --threads N` set). The best, not the median: the peak is what the hardware allows, and a
+    slower repeat only measures a busy machine. `threads` is recorded as given (default: the BLAS's)."""
+    from nntrain.nn.parallel import blas_threads
+
+    rng = stream(0, "timing")
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    c = np.empty((size, size), dtype=np.float32)
+    np.matmul(a, b, out=c)
+    best = min(_seconds(lambda: np.matmul(a, b, out=c)) for _ in range(max(1, repeats)))
+    return GemmPeak(2.0 * size ** 3 / best / 1e9, size, blas_threads() if threads is None else threads)
+
+
+def _seconds(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def _gflops(flops: float, ms: float) -> float | None:
@@ -59,13 +98,13 @@ def _gflops(flops: float, ms: float) -> float | None:
 
 
 def profile_model(model: Model, loss: Any, x: np.ndarray, labels: np.ndarray, batches: int = 10,
-                  warmup: int = 2, optimizer: Any = None) -> list[ProfileRow]:
+                  warmup: int = 2, optimizer: Any = None, peak: GemmPeak | None = None) -> list[ProfileRow]:
     """Time every layer's forward and backward (train mode) on the batch (x, labels).
 
     x: (N, *model.input_shape); loss: forward(z, labels) / backward(); optimizer: anything with
     step(), timed after backward (it updates the model's params, as in training).
     Returns one row per layer in order, then "loss" (its forward in forward_ms, backward in
-    backward_ms) and "optimizer" if given.
+    backward_ms) and "optimizer" if given; with `peak`, each row with FLOPs carries its share of it.
     """
     if batches < 1 or warmup < 0:
         raise ValueError(f"need batches >= 1 and warmup >= 0, got batches={batches}, warmup={warmup}")
@@ -126,14 +165,20 @@ def profile_model(model: Model, loss: Any, x: np.ndarray, labels: np.ndarray, ba
     if optimizer is not None:
         stages.append(("optimizer", None, None, 0.0, ms(opt_times), 0, 0))
     total = sum(f + b for _, _, _, f, b, _, _ in stages)
+
+    def share(flops: float, ms_total: float) -> float | None:
+        rate = _gflops(flops, ms_total)
+        return None if peak is None or rate is None else 100.0 * rate / peak.gflops
+
     return [ProfileRow(name, k, out, f, b, 100.0 * (f + b) / total if total > 0 else 0.0,
-                       _gflops(flops, f), _gflops(bflops, b), n)
+                       _gflops(flops, f), _gflops(bflops, b), n, float(flops + bflops), share(flops + bflops, f + b))
             for name, k, out, f, b, flops, bflops in stages]
 
 
 def profile_config(cfg: Mapping[str, Any], batches: int = 10, batch_size: int | None = None,
-                   warmup: int = 2) -> list[ProfileRow]:
-    """Profile the config's model (float32, its seed) on a random batch of the dataset's input shape.
+                   warmup: int = 2, peak: GemmPeak | None = None) -> list[ProfileRow]:
+    """Profile the config's model (float32, its seed) on a random batch of the dataset's input shape
+    (with `peak`, the GEMM peak the rows' shares are of).
 
     batch_size: default `train.batch_size` of the config, else 64. An `optimizer` section, if present,
     is built and its step timed too. Data values do not matter for timing, so no data is loaded.
@@ -153,22 +198,27 @@ def profile_config(cfg: Mapping[str, Any], batches: int = 10, batch_size: int | 
     x = rng.standard_normal((batch_size, *input_shape)).astype(np.float32)
     labels = rng.integers(0, model.output_shape[0], size=batch_size)
     log.debug("profiling %d batches of %d (after %d warm-up)", batches, batch_size, warmup)
-    return profile_model(model, loss, x, labels, batches=batches, warmup=warmup, optimizer=optimizer)
+    return profile_model(model, loss, x, labels, batches=batches, warmup=warmup, optimizer=optimizer, peak=peak)
 
 
-def format_profile(rows: Sequence[ProfileRow], batch_size: int | None = None) -> str:
+def format_profile(rows: Sequence[ProfileRow], batch_size: int | None = None, peak: GemmPeak | None = None) -> str:
     """Table: stage, output shape, forward ms, backward ms, total ms, share %, forward and backward
-    GFLOP/s; then the total per batch and samples/s (batch size from the rows unless given)."""
+    GFLOP/s (and with `peak`, the stage's share of the GEMM peak); then the total per batch and samples/s
+    (batch size from the rows unless given), and with `peak` where the step's time goes."""
 
     def num(v: float | None, fmt: str) -> str:
         return "-" if v is None else format(v, fmt)
 
-    table = format_table(
-        ("#", "layer", "output", "fwd ms", "bwd ms", "total ms", "share", "fwd GFLOP/s", "bwd GFLOP/s"),
-        [("" if r.layer is None else r.layer, r.name,
-          "" if r.output_shape is None else "x".join(map(str, r.output_shape)), f"{r.forward_ms:.3f}",
-          f"{r.backward_ms:.3f}", f"{r.total_ms:.3f}", f"{r.share:.1f}%", num(r.forward_gflops, ".1f"),
-          num(r.backward_gflops, ".1f")) for r in rows], align="rllrrrrrr", rule=True)
+    header = ["#", "layer", "output", "fwd ms", "bwd ms", "total ms", "share", "fwd GFLOP/s", "bwd GFLOP/s"]
+    body = [["" if r.layer is None else r.layer, r.name,
+             "" if r.output_shape is None else "x".join(map(str, r.output_shape)), f"{r.forward_ms:.3f}",
+             f"{r.backward_ms:.3f}", f"{r.total_ms:.3f}", f"{r.share:.1f}%", num(r.forward_gflops, ".1f"),
+             num(r.backward_gflops, ".1f")] for r in rows]
+    if peak is not None:
+        header.append("of peak")
+        for line, r in zip(body, rows):
+            line.append(num(r.peak_share, ".0f") + ("%" if r.peak_share is not None else ""))
+    table = format_table(header, body, align="rll" + "r" * (len(header) - 3), rule=True)
     rule = rule_for(table)
     lines = [table, rule]
     total = sum(r.total_ms for r in rows)
@@ -178,4 +228,26 @@ def format_profile(rows: Sequence[ProfileRow], batch_size: int | None = None) ->
     if batch_size and total > 0:
         summary += f", {batch_size / (total / 1e3):,.0f} samples/s"
     lines.append(summary)
+    if peak is not None:
+        lines += peak_summary(rows, peak)
     return "\n".join(lines)
+
+
+def peak_summary(rows: Sequence[ProfileRow], peak: GemmPeak) -> list[str]:
+    """Where the step's time goes, against the GEMM peak: the whole step's FLOP rate and share of the
+    peak, the time of the stages with matrix products (and their own rate), and the rest."""
+    total = sum(r.total_ms for r in rows)
+    flops = sum(r.flops for r in rows)
+    gemm_ms = sum(r.total_ms for r in rows if r.flops > 0)
+    out = [f"GEMM peak: {peak.gflops:.1f} GFLOP/s (float32 {peak.size}x{peak.size} product, "
+           f"{peak.threads} BLAS thread{'s' if peak.threads != 1 else ''})"]
+    if total > 0 and flops > 0:
+        rate = flops / (total * 1e6)
+        floor_ms = flops / (peak.gflops * 1e6)
+        out.append(f"the step: {flops / 1e9:.2f} GFLOP in {total:.1f} ms = {rate:.1f} GFLOP/s, "
+                   f"{100 * rate / peak.gflops:.0f}% of peak (at peak it would take {floor_ms:.1f} ms)")
+        out.append(f"layers with matrix products: {gemm_ms:.1f} ms ({100 * gemm_ms / total:.0f}%, "
+                   f"{flops / (gemm_ms * 1e6):.1f} GFLOP/s, {100 * flops / (gemm_ms * 1e6) / peak.gflops:.0f}% "
+                   f"of peak); everything else (element-wise, pooling, loss, optimizer): "
+                   f"{total - gemm_ms:.1f} ms ({100 * (total - gemm_ms) / total:.0f}%)")
+    return out

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from nntrain import build_loss, build_model
-from nntrain.tools.timing import ProfileRow, format_profile, profile_config, profile_model
+from nntrain.tools.timing import GemmPeak, ProfileRow, format_profile, gemm_peak, profile_config, profile_model
 
 SPEC = [{"type": "conv2d", "out_channels": 4, "kernel_size": 3, "padding": 1},
         {"type": "relu"},
@@ -134,3 +134,30 @@ def test_format_profile_shows_numbers_and_dashes():
     assert lines[-1].startswith("total 6.000 ms per batch (forward 2.000 ms")
     assert "samples/s" not in lines[-1]  # no batch size known
     assert format_profile(rows, batch_size=12).endswith(", 2,000 samples/s")
+
+
+def test_gemm_peak_is_a_positive_rate_of_the_product_it_names():
+    peak = gemm_peak(size=64, repeats=2, threads=3)
+    assert peak.size == 64 and peak.threads == 3 and peak.gflops > 0
+
+
+def test_rows_carry_their_share_of_the_gemm_peak_and_the_summary_says_where_time_goes():
+    model, x, labels = small_model()
+    peak = GemmPeak(gflops=50.0, size=1024, threads=2)
+    rows = profile_model(model, build_loss(None), x, labels, batches=2, warmup=0, peak=peak)
+    for r in rows:
+        if r.flops > 0:   # share = (forward + backward FLOPs / total time) / peak
+            assert r.peak_share == pytest.approx(100 * r.flops / (r.total_ms * 1e6) / 50.0)
+        else:
+            assert r.peak_share is None
+    text = format_profile(rows, peak=peak)
+    lines = text.splitlines()
+    assert "of peak" in lines[0]
+    assert lines[-3] == "GEMM peak: 50.0 GFLOP/s (float32 1024x1024 product, 2 BLAS threads)"
+    flops, total = sum(r.flops for r in rows), sum(r.total_ms for r in rows)
+    assert lines[-2].startswith(f"the step: {flops / 1e9:.2f} GFLOP in {total:.1f} ms")
+    assert f"{100 * flops / (total * 1e6) / 50.0:.0f}% of peak" in lines[-2]
+    gemm_ms = sum(r.total_ms for r in rows if r.flops > 0)
+    assert lines[-1].startswith(f"layers with matrix products: {gemm_ms:.1f} ms")
+    assert f"everything else (element-wise, pooling, loss, optimizer): {total - gemm_ms:.1f} ms" in lines[-1]
+    assert "of peak" not in format_profile(rows)   # no peak given: the table as before
