@@ -441,20 +441,33 @@ def compare(runs: tuple[str, ...], out: str | None) -> None:
 @click.option("--invert/--no-invert", default=None,
               help="Invert the images (default: automatic for MNIST-style datasets: invert dark strokes on a "
                    "light background).")
+@click.option("--mnist-style/--no-mnist-style", default=None,
+              help="Frame the ink as the dataset was made: crop it to its bounding box, scale that to 20x20 of "
+                   "28x28 and put its centre of mass at the centre (Fashion-MNIST: 28, box centred) "
+                   "[default: on for white-on-black datasets such as mnist; off pads to a square and resizes].")
+@click.option("--show", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Save what the model saw for each image (after inversion, framing and resizing; enlarged 8x) "
+                   "as DIR/<name>-input.png.")
 @click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, help="Classes shown per image.")
 @handle_errors
-def predict(target: str, images: tuple[str, ...], invert: bool | None, top: int) -> None:
+def predict(target: str, images: tuple[str, ...], invert: bool | None, mnist_style: bool | None,
+            show: str | None, top: int) -> None:
     """Classify PNG/JPEG files with a trained model: the top classes with probabilities for each.
 
     \b
     Examples:
       nntrain predict runs/mnist-cnn-20261125-101500 my_digit.png
+      nntrain predict runs/mnist-cnn-20261125-101500 photo_of_a_7.jpg --show seen/
       nntrain predict runs/cifar-cnn-20261126-090000/checkpoints/best.npz cat.jpg ship.jpg --top 5
     """
-    from nntrain.tools.predict import format_predictions, predict_files
+    from nntrain.tools.predict import format_predictions, predict_files, save_inputs
     from nntrain.training.run_folder import load_run
 
-    click.echo(format_predictions(predict_files(load_run(target), images, invert, top)))
+    preds = predict_files(load_run(target), images, invert, top, mnist_style)
+    click.echo(format_predictions(preds))
+    if show is not None:
+        for path in save_inputs(preds, Path(show)):
+            click.echo(f"wrote {path}", err=True)
 
 
 @cli.command("export")
