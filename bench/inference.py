@@ -1,14 +1,22 @@
 """`python -m bench.inference`: inference throughput, nntrain's evaluation forward beside onnxruntime on
-the same model exported by `nntrain export`'s exporter (random weights), images per second.
+the same model exported by `nntrain export`'s exporter (random weights), and beside PyTorch's
+`torch.no_grad()` forward of the same net with the same weights, images per second.
 
 For each workload (bench/configs/<name>.yaml) one model is built with random weights and exported with
 normalisation statistics inside the graph; both sides get the same random [0, 1] pixel batches
 (`--batch-size`, default 256) and the same thread count (`--threads`, default 2): nntrain normalises
 the batch and runs `Model.forward(x, train=False)` (the `nntrain eval` path), onnxruntime runs the
-graph (CPU provider, default graph optimisations, intra-op threads = --threads). Each side runs one
-warm-up batch, then the two sides take turns in blocks of `--batches` batches (nntrain, onnxruntime,
-nntrain, onnxruntime, ...`--rounds` times); the figure is the median batch time. The outputs of the
-two sides are compared as a sanity check. The markdown report goes to --out.
+graph (CPU provider, default graph optimisations, intra-op threads = --threads), PyTorch (when it is
+installed; `torch.set_num_threads(--threads)`) the workload's net of bench/torch_worker.py with nntrain's
+weights copied in, under `torch.no_grad()` in eval mode. Each side runs one warm-up batch, then the
+sides take turns in blocks of `--batches` batches (nntrain, onnxruntime, torch, nntrain, ...
+`--rounds` times); the figure is the median batch time. The outputs of the sides are compared as a
+sanity check.
+
+The GEMM floor: the model's forward FLOPs for the batch (Σ layer.flops) divided by the BLAS's measured
+float32 GEMM peak (nntrain.tools.timing.gemm_peak, same threads): the time nntrain's arithmetic alone
+would take if every product ran at the peak of a large square product. Beside onnxruntime's time it
+says how close an im2col + BLAS design can come at all. The markdown report goes to --out.
 
     python -m bench.inference --batches 5 --rounds 2 --threads 2
 """
@@ -104,16 +112,58 @@ def measure(name: str, args: argparse.Namespace) -> dict:
     def ort_batch() -> np.ndarray:
         return sess.run(None, {"pixels": pixels})[0]
 
-    want, got = nntrain_batch(), ort_batch()   # warm-up, and the sanity check
-    diff = float(np.abs(got - want).max() / np.abs(want).max())
-    times: dict[str, list[float]] = {"nntrain": [], "onnxruntime": []}
+    sides = {"nntrain": nntrain_batch, "onnxruntime": ort_batch}
+    torch_batch = torch_forward(name, model, pixels, m4, s4, args.threads)
+    if torch_batch is not None:
+        sides["torch"] = torch_batch
+    want = nntrain_batch()   # warm-up, and the sanity check
+    diff = {side: float(np.abs(fn() - want).max() / np.abs(want).max()) for side, fn in sides.items() if side != "nntrain"}
+    times: dict[str, list[float]] = {side: [] for side in sides}
     for _ in range(args.rounds):
-        times["nntrain"] += time_batches(nntrain_batch, args.batches)
-        times["onnxruntime"] += time_batches(ort_batch, args.batches)
+        for side, fn in sides.items():
+            times[side] += time_batches(fn, args.batches)
     model.close()
     ips = {side: args.batch_size / statistics.median(t) for side, t in times.items()}
     return {"workload": name, "ips": ips, "fastest": {s: args.batch_size / min(t) for s, t in times.items()},
-            "max_rel_diff": diff, "params": model.num_params()}
+            "max_rel_diff": diff, "params": model.num_params(), "gflop": forward_flops(model) * args.batch_size / 1e9}
+
+
+def forward_flops(model) -> int:
+    """Forward FLOPs per sample of the model's layers (multiply-adds x2, where a layer counts them)."""
+    total, shape = 0, tuple(model.input_shape)
+    for layer, out in zip(model.layers, model.shapes):
+        total += layer.flops(shape)
+        shape = out
+    return total
+
+
+def torch_forward(name: str, model, pixels, m4, s4, threads: int) -> Callable[[], Any] | None:
+    """PyTorch's eval forward of the workload's net (bench/torch_worker.py) with the nntrain model's
+    weights, under torch.no_grad(); None when PyTorch is not installed."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    import numpy as np
+
+    from bench.torch_worker import build_net
+
+    torch.set_num_threads(threads)
+    net = build_net(name).eval()
+    ours = [p for _, p, _ in model.parameters()]
+    theirs = list(net.parameters())
+    if len(ours) != len(theirs):
+        raise RuntimeError(f"{name}: {len(ours)} nntrain parameters, {len(theirs)} in PyTorch")
+    with torch.no_grad():
+        for p, t in zip(ours, theirs):   # nntrain's Linear W is (in, out), PyTorch's (out, in)
+            t.copy_(torch.from_numpy(np.ascontiguousarray(p if p.shape == tuple(t.shape) else p.T)))
+    x = torch.from_numpy(np.ascontiguousarray((pixels - m4) / s4))
+
+    def batch():
+        with torch.no_grad():
+            return net(x).numpy()
+
+    return batch
 
 
 def load_average() -> str:
@@ -124,31 +174,50 @@ def load_average() -> str:
         return "?"
 
 
-def report(rows: list[dict], args: argparse.Namespace, argv: list[str], load: tuple[str, str]) -> str:
+def report(rows: list[dict], args: argparse.Namespace, argv: list[str], load: tuple[str, str],
+           peak: Any) -> str:
     """The markdown report: command, machine, one row per workload."""
+    torch_version = _version("torch")
     lines = [
-        "# Inference throughput: nntrain beside onnxruntime",
+        "# Inference throughput: nntrain beside onnxruntime and PyTorch",
         "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M')} with `python -m bench.inference {' '.join(argv)}`".rstrip() + ".",
         "",
         f"Machine: {cpu_model()}, {usable_cores()} cores; threads {args.threads} on both sides; Python "
         f"{platform.python_version()}, numpy {_version('numpy')}, onnxruntime {_version('onnxruntime')}, "
-        f"onnx {_version('onnx')}. Load average (1, 5, 15 min) before: {load[0]}; after: {load[1]}.",
+        f"onnx {_version('onnx')}, torch {torch_version}. GEMM peak {peak.gflops:.1f} GFLOP/s (float32 "
+        f"{peak.size}x{peak.size} product, {peak.threads} BLAS threads). "
+        f"Load average (1, 5, 15 min) before: {load[0]}; after: {load[1]}.",
         "",
         f"Batch {args.batch_size} of random [0, 1] pixels, random weights, evaluation forward with the "
         f"normalisation (nntrain: `Model.forward(x, train=False)` on the normalised batch; onnxruntime: the "
         f"graph `nntrain export` writes, Sub/Div inside). Median of {args.rounds} x {args.batches} batches per "
         f"side after a warm-up batch, the sides taking turns in blocks.",
         "",
-        "| workload | params | nntrain images/s | onnxruntime images/s | onnxruntime / nntrain "
-        "| fastest batches: ratio | max rel. output difference |",
-        "|---|---|---|---|---|---|---|",
+        "Ratios are nntrain's time over the other side's (lower is better for nntrain; fastest batches in "
+        "brackets). GEMM floor: the batch's forward FLOPs at the GEMM peak, over onnxruntime's time.",
+        "",
+        "| workload | params | GFLOP per batch | nntrain images/s | onnxruntime images/s | nntrain / onnxruntime "
+        "| torch.no_grad images/s | nntrain / torch | GEMM floor / onnxruntime | max rel. output difference |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ips, fast = r["ips"], r["fastest"]
-        lines.append(f"| {r['workload']} | {r['params']:,} | {ips['nntrain']:.0f} | {ips['onnxruntime']:.0f} | "
-                     f"**{ips['onnxruntime'] / ips['nntrain']:.2f}** | {fast['onnxruntime'] / fast['nntrain']:.2f} | "
-                     f"{r['max_rel_diff']:.1e} |")
+
+        def ratio(side: str) -> str:
+            if side not in ips:
+                return "-"
+            return f"**{ips[side] / ips['nntrain']:.2f}** ({fast[side] / fast['nntrain']:.2f})"
+
+        floor_s = r["gflop"] / peak.gflops
+        ort_s = args.batch_size / ips["onnxruntime"]
+        diffs = ", ".join(f"{side} {d:.1e}" for side, d in r["max_rel_diff"].items())
+        lines.append(f"| {r['workload']} | {r['params']:,} | {r['gflop']:.2f} | {ips['nntrain']:.0f} | "
+                     f"{ips['onnxruntime']:.0f} | {ratio('onnxruntime')} | "
+                     f"{ips['torch']:.0f} | {ratio('torch')} | " if "torch" in ips else
+                     f"| {r['workload']} | {r['params']:,} | {r['gflop']:.2f} | {ips['nntrain']:.0f} | "
+                     f"{ips['onnxruntime']:.0f} | {ratio('onnxruntime')} | - | - | ")
+        lines[-1] += f"{floor_s / ort_s:.2f} | {diffs} |"
     return "\n".join(lines) + "\n"
 
 
@@ -156,9 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     pin_threads(args.threads)
+    from nntrain.tools.timing import gemm_peak
+
     before = load_average()
+    peak = gemm_peak(threads=args.threads)
     rows = [measure(name, args) for name in args.workload_list]
-    text = report(rows, args, argv, (before, load_average()))
+    text = report(rows, args, argv, (before, load_average()), peak)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)
