@@ -151,8 +151,9 @@ def lr_find(cfg: Mapping[str, Any], start: float = 1e-6, end: float = 10.0, step
     return LRFind(tried, losses, smoothed, suggestion, method, tried[int(np.argmin(smoothed))], reason)
 
 
-def write_lr_find_plot(result: LRFind, path: str | Path) -> Path:
+def write_lr_find_plot(result: LRFind, path: str | Path, *, title: str = "") -> Path:
+    """The range test's plot; `title` (e.g. the config's name) goes before the figure's own title."""
     from nntrain.training.plots import plot_lr_find   # matplotlib: loaded only here
 
     return plot_lr_find(result.lrs, result.losses, result.smoothed, result.suggestion, Path(path),
-                        label=result.method)
+                        label=result.method, title=title)

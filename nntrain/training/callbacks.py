@@ -104,12 +104,14 @@ class Checkpoints(Callback):
 
 
 class MetricsLog(Callback):
-    """metrics.csv (one row per epoch, rewritten whole and atomically) and the loss/accuracy curves."""
+    """metrics.csv (one row per epoch, rewritten whole and atomically) and the loss/accuracy curves,
+    titled with the run folder's name, the best epoch by `monitor` (the checkpoint monitor) marked."""
 
     name = "metrics"
 
-    def __init__(self, folder: RunFolder):
+    def __init__(self, folder: RunFolder, monitor: str | None = None):
         self.folder = folder
+        self.monitor = monitor
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: Mapping[str, float]) -> bool:
         self.write(trainer.state.history)
@@ -124,7 +126,7 @@ class MetricsLog(Callback):
         for r in history:
             w.writerow({k: ("" if r.get(k) is None else r[k]) for k in METRIC_COLUMNS})
         atomic_write_text(self.folder.metrics, buf.getvalue())
-        plot_curves(history, self.folder.plots)
+        plot_curves(history, self.folder.plots, title=self.folder.path.name, monitor=self.monitor)
 
 
 class TensorBoard(Callback):

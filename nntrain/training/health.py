@@ -315,7 +315,7 @@ class TrainingHealth(Callback):
         for r in self.rows:
             w.writerow({k: ("" if r.get(k) is None else r[k]) for k in COLUMNS})
         atomic_write_text(self.folder.health, buf.getvalue())
-        plot_health(self.rows, self.folder.plots / "health.png")
+        plot_health(self.rows, self.folder.plots / "health.png", title=self.folder.path.name)
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows}

@@ -287,7 +287,8 @@ def train(cfg: Mapping[str, Any], run_dir: str | os.PathLike | None = None, *,
                 atomic_write_text(folder.config, dump_config(cfg))
             es = cfg["train"]["early_stopping"]
             stops = [EarlyStopping(es["monitor"], es["patience"], es["mode"], es["min_delta"])] if es else []
-            checkpoints, metrics = Checkpoints(folder, cfg["train"]["checkpoint_monitor"]), MetricsLog(folder)
+            monitor = cfg["train"]["checkpoint_monitor"]
+            checkpoints, metrics = Checkpoints(folder, monitor), MetricsLog(folder, monitor)
             trainer = Trainer(parts, data, epochs=cfg["train"]["epochs"], batch_size=cfg["train"]["batch_size"],
                               eval_batch_size=cfg["train"]["eval_batch_size"],
                               callbacks=[*stops, *callbacks, TrainingHealth(folder, cfg["seed"]), checkpoints,
