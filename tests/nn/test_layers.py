@@ -286,6 +286,22 @@ def test_pool_matches_loop_reference_channels_last(mode, case):
     np.testing.assert_allclose(dx, reference.pool2d_backward(x, g, *args), rtol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, c, h, w, k", [(1, 3, 6, 6, 2), (4, 7, 9, 12, 3), (2, 5, 8, 12, (2, 4)),
+                                           (3, 2, 10, 6, (5, 1)), (2, 4, 6, 6, (1, 3))])
+def test_maxpool_evaluation_of_tiling_windows_matches_torch(n, c, h, w, k, dtype):
+    """The evaluation forward for windows that tile a channels-last input (rows first, then columns)
+    gives PyTorch's result, NaN included, and the same as the training forward."""
+    layer = make({"type": "maxpool2d", "kernel_size": k}, (c, h, w), dtype)
+    x = np.random.default_rng(8).standard_normal((n, h, w, c)).astype(dtype).transpose(0, 3, 1, 2)
+    x[0, 0, 0, 0] = np.nan
+    y = layer.forward(readonly(x), train=False)
+    assert y.dtype == dtype and y.transpose(0, 2, 3, 1).flags.c_contiguous   # channels-last stays so
+    ty = F.max_pool2d(torch.from_numpy(np.ascontiguousarray(x)), k).numpy()
+    np.testing.assert_array_equal(y, ty)
+    np.testing.assert_array_equal(y, layer.forward(x, train=True))
+
+
 @pytest.mark.parametrize("k, s", [(2, 2), (3, 1), (2, 1)])
 def test_maxpool_ties_route_to_one_element_like_torch(k, s):
     """Ties (e.g. all zeros after ReLU) send each window's gradient to a single element, PyTorch's."""

@@ -154,6 +154,9 @@ class MaxPool2D(_Pool2D):
     is_max_pool = True
 
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+        if not train and is_channels_last(x) and self._tiles_exactly(*x.shape[2:]):
+            self._geom = self._idx = None
+            return self._tiled_max(x)
         xp, geom, cl, y = self._prepare(x, train)
         views = geom[2]
         # idx = the offset of the first maximum: an offset overrides only with a strictly larger value,
@@ -187,6 +190,39 @@ class MaxPool2D(_Pool2D):
             self._geom = self._idx = None
         return y
 
+    def _tiled_max(self, x: np.ndarray) -> np.ndarray:
+        """Evaluation forward for windows that tile channels-last x exactly: the max over the kh window
+        rows first, then over the kw columns.
+
+        With x as (N, OH, kh, OW·kw·C) memory, each window row a is one long contiguous run per output row,
+        so the first pass (kh-1 maxima) runs over long rows and halves the data before the second, whose
+        runs are only C long; the offset-by-offset path of `forward` pays that short-run cost on all
+        kh·kw offsets (figures: bench/results/kernels.md). The max of a set does not depend on the order
+        it is taken in, so the result equals that path's (NaN propagates in both).
+        """
+        n, c, h, w = x.shape
+        (kh, kw) = self.kernel_size
+        oh, ow = h // kh, w // kw
+        rows = x.transpose(0, 2, 3, 1).reshape(n, oh, kh, ow * kw * c)
+        y = np.empty((n, oh, ow, c), dtype=x.dtype)
+        tmp = np.empty((n, oh, ow * kw * c), dtype=x.dtype) if kw > 1 else None
+
+        def work(s: slice) -> None:
+            r, ys = rows[s], y[s]
+            m = tmp[s] if tmp is not None else ys.reshape(len(ys), oh, ow * c)
+            np.copyto(m, r[:, :, 0]) if kh == 1 else np.maximum(r[:, :, 0], r[:, :, 1], out=m)
+            for a in range(2, kh):
+                np.maximum(m, r[:, :, a], out=m)
+            if tmp is None:
+                return
+            cols = m.reshape(len(m), oh, ow, kw, c)
+            np.maximum(cols[:, :, :, 0], cols[:, :, :, 1], out=ys)
+            for b in range(2, kw):
+                np.maximum(ys, cols[:, :, :, b], out=ys)
+
+        split(self.workers, work, n, c * h * w)
+        return y.transpose(0, 3, 1, 2)
+
     def backward(self, grad: np.ndarray, need_input_grad: bool = True) -> np.ndarray:
         idx = self._idx if getattr(self, "_geom", None) is not None else None
 
@@ -206,6 +242,9 @@ class AvgPool2D(_Pool2D):
     count_include_pad=True); backward spreads g / (kh·kw) over each window."""
 
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+        if not train and is_channels_last(x) and self._tiles_exactly(*x.shape[2:]):
+            self._geom = self._idx = None
+            return self._tiled_max(x)
         xp, geom, cl, y = self._prepare(x, train)
         views = geom[2]
 
