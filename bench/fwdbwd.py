@@ -1,7 +1,7 @@
-"""Forward+backward time of the mnist-cnn (or --net cifar: cifar-cnn) reference net on one float32 batch:
-nntrain beside PyTorch, same process, same thread count. Not a test.
+"""Forward+backward time of a reference workload's net (bench/workloads.py; default mnist-cnn) on one
+float32 batch: nntrain beside PyTorch, same process, same thread count. Not a test.
 
-usage: python bench/fwdbwd.py [--threads 2] [--net mnist|cifar] [--repeats 30] [--rounds 3] [--batch N] [--profile]
+usage: python -m bench.fwdbwd [--threads 2] [--net mnist-cnn|cifar-cnn|cifar-resnet|mnist-mlp] [--repeats 30] [--rounds 3] [--batch N] [--profile]
        [--clock cpu] [--workers N] [--compare-workers]
 Prints the median (and best) milliseconds per forward+backward of each side and the ratio nntrain/PyTorch.
 Rounds alternate the two sides so that load from other processes hits both alike. On a busy machine
@@ -15,14 +15,18 @@ import os
 import time
 
 
+WORKLOAD_NAMES = ("mnist-mlp", "mnist-cnn", "cifar-cnn", "cifar-resnet")
+ALIASES = {"mnist": "mnist-cnn", "cifar": "cifar-cnn", "resnet": "cifar-resnet"}
+
+
 def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2, help="BLAS / torch threads (default 2)")
     ap.add_argument("--repeats", type=int, default=30, help="timed forward+backward passes per round")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of nntrain and torch")
     ap.add_argument("--batch", type=int, default=None, help="default: the workload's (64 mnist, 128 cifar)")
-    ap.add_argument("--net", choices=("mnist", "cifar"), default="mnist",
-                    help="mnist-cnn (default, configs/cnn.yaml) or cifar-cnn (configs/cifar_cnn.yaml)")
+    ap.add_argument("--net", choices=(*WORKLOAD_NAMES, *ALIASES), default="mnist-cnn",
+                    help="a reference workload of bench/workloads.py (mnist: mnist-cnn, cifar: cifar-cnn)")
     ap.add_argument("--profile", action="store_true", help="also print nntrain's per-layer times")
     ap.add_argument("--input-grad", action="store_true",
                     help="compute dL/d(input) on both sides (by default neither does, as in training)")
@@ -44,27 +48,16 @@ import numpy as np  # noqa: E402
 
 import nntrain  # noqa: E402
 
-CIFAR_SPEC = [
-    {"type": "conv2d", "out_channels": 32, "kernel_size": 3, "padding": 1}, {"type": "relu"},
-    {"type": "conv2d", "out_channels": 32, "kernel_size": 3, "padding": 1}, {"type": "relu"},
-    {"type": "maxpool2d", "kernel_size": 2},
-    {"type": "conv2d", "out_channels": 64, "kernel_size": 3, "padding": 1}, {"type": "relu"},
-    {"type": "conv2d", "out_channels": 64, "kernel_size": 3, "padding": 1}, {"type": "relu"},
-    {"type": "maxpool2d", "kernel_size": 2},
-    {"type": "flatten"}, {"type": "linear", "out_features": 256}, {"type": "relu"},
-    {"type": "linear", "out_features": 10},
-]
-MNIST_SPEC = [
-    {"type": "conv2d", "out_channels": 32, "kernel_size": 3, "padding": 1}, {"type": "relu"},
-    {"type": "maxpool2d", "kernel_size": 2},
-    {"type": "conv2d", "out_channels": 64, "kernel_size": 3, "padding": 1}, {"type": "relu"},
-    {"type": "maxpool2d", "kernel_size": 2},
-    {"type": "flatten"}, {"type": "linear", "out_features": 128}, {"type": "relu"},
-    {"type": "linear", "out_features": 10},
-]
-SPEC, INPUT = (CIFAR_SPEC, (3, 32, 32)) if args.net == "cifar" else (MNIST_SPEC, (1, 28, 28))
+import yaml  # noqa: E402
+
+from bench.workloads import WORKLOADS  # noqa: E402
+
+# The workload's net: the model of its bench config, and bench/torch_worker.py's build_net on the torch side.
+WORKLOAD = WORKLOADS[ALIASES.get(args.net, args.net)]
+SPEC = yaml.safe_load(WORKLOAD.config.read_text())["model"]
+INPUT = (1, 28, 28) if WORKLOAD.dataset == "mnist" else (3, 32, 32)
 if args.batch is None:
-    args.batch = 128 if args.net == "cifar" else 64
+    args.batch = WORKLOAD.batch_size
 
 
 clock = time.perf_counter if args.clock == "wall" else time.process_time
@@ -96,17 +89,10 @@ def torch_step(x: np.ndarray, labels: np.ndarray):
     import torch
     from torch import nn
 
+    from bench.torch_worker import build_net
+
     torch.set_num_threads(args.threads)
-    if args.net == "cifar":
-        net = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(64 * 8 * 8, 256), nn.ReLU(), nn.Linear(256, 10))
-    else:
-        net = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
+    net = build_net(WORKLOAD.name).train()
     tx, ty = torch.from_numpy(x).requires_grad_(args.input_grad), torch.from_numpy(labels.astype(np.int64))
     lossf = nn.CrossEntropyLoss()
 
@@ -162,7 +148,7 @@ def main() -> None:
             times["nntrain-1w"] += timed(single, args.repeats)
         if theirs is not None:
             times["torch"] += timed(theirs, args.repeats)
-    print(f"{args.net}-cnn forward+backward, batch {args.batch}, float32, {args.threads} thread(s), {args.clock} clock")
+    print(f"{WORKLOAD.name} forward+backward, batch {args.batch}, float32, {args.threads} thread(s), {args.clock} clock")
     for side, ts in times.items():
         if ts:
             print(f"  {side:10s} median {1e3 * np.median(ts):7.2f} ms   best {1e3 * min(ts):7.2f} ms")
