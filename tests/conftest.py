@@ -91,3 +91,20 @@ def close(ours: np.ndarray, ref, dtype) -> None:
     scale = max(1.0, float(np.max(np.abs(ref)))) if ref.size else 1.0
     atol = (1e-10 if dtype == np.float64 else 1e-5) * scale
     np.testing.assert_allclose(ours, ref, rtol=RTOL[dtype], atol=atol)
+
+
+@pytest.fixture
+def figures(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """The matplotlib Figure objects nntrain writes during a test, by file name (still saved through the
+    real `save_figure`), for tests that read titles, labels and colour bars off them."""
+    from nntrain.training import plots
+
+    seen: dict = {}
+    real = plots.save_figure
+
+    def save(fig, path, *args, **kwargs):
+        seen[Path(path).name] = fig
+        return real(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(plots, "save_figure", save)
+    return seen

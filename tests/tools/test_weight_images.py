@@ -19,20 +19,6 @@ from nntrain.training import plots
 BAR, BANDS = 110, 31 + 24
 
 
-@pytest.fixture
-def figures(monkeypatch: pytest.MonkeyPatch) -> dict:
-    """The Figure objects written, by file name (still saved through the real `save_figure`)."""
-    seen: dict = {}
-    real = plots.save_figure
-
-    def save(fig, path, *args, **kwargs):
-        seen[Path(path).name] = fig
-        return real(fig, path, *args, **kwargs)
-
-    monkeypatch.setattr(plots, "save_figure", save)
-    return seen
-
-
 def colour_bar(fig):
     """The figure's colour-bar axes (the one labelled "weight")."""
     bars = [ax for ax in fig.axes if ax.get_ylabel() == "weight"]

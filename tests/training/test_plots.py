@@ -15,20 +15,6 @@ from conftest import png_size, tiny_config
 from nntrain.training import plots
 
 
-@pytest.fixture
-def figures(monkeypatch: pytest.MonkeyPatch) -> dict:
-    """The Figure objects written, by file name (still saved through the real `save_figure`)."""
-    seen: dict = {}
-    real = plots.save_figure
-
-    def save(fig, path, *args, **kwargs):
-        seen[Path(path).name] = fig
-        return real(fig, path, *args, **kwargs)
-
-    monkeypatch.setattr(plots, "save_figure", save)
-    return seen
-
-
 def history(epochs: int = 6, lr=lambda e: 0.1) -> list[dict]:
     """metrics.csv rows: val_acc peaks at epoch 4 (0.93), val_loss is lowest at epoch 3 (0.25)."""
     val_acc = [0.80, 0.88, 0.91, 0.93, 0.92, 0.925, 0.90, 0.89][:epochs]
