@@ -362,9 +362,12 @@ def eval_cmd(target: str, split: str, batch_size: int, data_root: str | None, pe
              out: str | None, allow_other_data: bool = False) -> None:
     """Loss, accuracy, per-class accuracy and confusion matrix of a trained run.
 
-    Writes eval/metrics.json, eval/confusion.csv, plots/confusion.png and plots/misclassified.png
-    (and plots/robustness.png with --perturb), plus plots/kernels.png (first conv layer's kernels)
-    or plots/weights.png (an MLP's first-layer weights as images), whichever applies.
+    The first line printed names the checkpoint (path, epoch) and the split. Results go to
+    eval/<checkpoint>-<split>/ (eval/best-test/, eval/last-val/, ...), one folder per checkpoint and
+    split: metrics.json, confusion.csv, confusion.png, misclassified.png, robustness.png (with
+    --perturb; kept, merged, while the checkpoint file is unchanged), and kernels.png (first conv
+    layer's kernels) or weights.png (an MLP's first-layer weights as images). The default
+    evaluation (best checkpoint, test split) also copies its figures into plots/.
 
     \b
     Examples:
@@ -421,6 +424,11 @@ def augment_preview_cmd(config: str, overrides: tuple[str, ...], out: str | None
 def compare(runs: tuple[str, ...], out: str | None) -> None:
     """One table of several runs (config keys that differ, best val acc, test acc, robustness from
     eval, epochs, median seconds per epoch) and their loss/accuracy curves overlaid.
+
+    A section that differs is one column (optimizer: adam(lr=0.003)), the model a short description
+    (2 conv + 2 fc, 52k params); the curves are labelled by what differs when that is short. A folder
+    that cannot be compared (no config.yaml, no finished epoch, an unreadable file) is skipped with a
+    warning; none left is an error (exit 2).
 
     \b
     Examples:

@@ -2,8 +2,16 @@
 and their loss/accuracy curves overlaid in one figure (the fair-comparison view).
 
 Numbers come straight from each run folder: config.yaml (the resolved config), metrics.csv (best val
-acc, epochs, median seconds per epoch), test.json (test acc) and eval/metrics.json if present
-(robustness: accuracy per perturbation level).
+acc, epochs, median seconds per epoch), test.json (test acc) and the evaluations `nntrain eval` saved
+(eval/<checkpoint>-<split>/metrics.json; eval/metrics.json in older run folders): robustness, the
+accuracy per perturbation level, of the best checkpoint on the test split.
+
+The table stays readable for runs that differ a lot: a section with a `type` (optimizer, scheduler,
+loss) or a nested one (train.early_stopping) is one column, `adam(lr=0.003)`, listing the options that
+differ between the runs, where an option at its default is left out when another run's section has no
+such option (sgd's `momentum: 0` against adam); the model is one column, `2 conv + 2 fc, 52k params`.
+A folder that cannot be compared (no config.yaml, no finished epoch, a file that cannot be read) is
+skipped with a warning.
 """
 
 from __future__ import annotations
@@ -12,7 +20,6 @@ import csv
 import json
 import logging
 import math
-import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,15 +29,18 @@ from nntrain.atomic import atomic_write_text, create_unique_dir
 from nntrain.errors import NNTrainError
 from nntrain.tables import column_alignment, format_table
 from nntrain.training.checkpoint import printable
+from nntrain.training.run_folder import RunFolder
 
 log = logging.getLogger("nntrain")
 
 MISSING = "—"
+MAX_LEGEND = 60   # characters: longer labels made of the differing keys fall back to the run names
 
 
 @dataclass
 class RunRecord:
-    """What a run folder holds, read once: its config, metrics rows, test summary and robustness."""
+    """What a run folder holds, read once: its config, metrics rows, test summary, the saved evaluations
+    (eval folder name -> metrics.json) and the robustness results of the best checkpoint on test."""
 
     path: Path
     cfg: dict
@@ -38,6 +48,7 @@ class RunRecord:
     test: dict
     robustness: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     label: str = ""
+    evaluations: dict[str, dict] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.label = self.label or self.path.name
@@ -48,7 +59,12 @@ class RunRecord:
         return max(vals) if vals else None
 
     def test_acc(self) -> float | None:
-        return _number(self.test.get("test_acc"))
+        """test.json's accuracy, else that of a saved evaluation of the best checkpoint on test."""
+        acc = _number(self.test.get("test_acc"))
+        if acc is None:
+            ev = next((self.evaluations[n] for n in _test_evaluations(self) if n in self.evaluations), {})
+            acc = _number(ev.get("accuracy"))
+        return acc
 
     def epochs(self) -> int:
         v = self.test.get("epochs_trained")
@@ -71,7 +87,9 @@ def _read_json(path: Path) -> dict:
 
 
 def read_run(folder: str | Path) -> RunRecord:
-    """Read a run folder (config.yaml and metrics.csv required; test.json and eval/metrics.json optional)."""
+    """Read a run folder: config.yaml and metrics.csv with at least one finished epoch are required
+    (else NNTrainError), test.json and the saved evaluations are optional (an evaluation that cannot
+    be read is left out with a warning)."""
     from nntrain.config import load_config
 
     folder = Path(folder)
@@ -80,7 +98,10 @@ def read_run(folder: str | Path) -> RunRecord:
     for name in ("config.yaml", "metrics.csv"):
         if not (folder / name).is_file():
             raise NNTrainError(f"{folder} has no {name}: is it a run folder (made by nntrain train)?")
-    cfg = load_config(folder / "config.yaml")
+    try:
+        cfg = load_config(folder / "config.yaml")
+    except OSError as e:
+        raise NNTrainError(f"cannot read {folder / 'config.yaml'}: {e.strerror or e}") from None
     try:
         with open(folder / "metrics.csv", newline="", encoding="utf-8") as f:
             history = list(csv.DictReader(f))
@@ -89,11 +110,44 @@ def read_run(folder: str | Path) -> RunRecord:
     if history and not {"epoch", "val_acc", "seconds"} <= set(history[0]):
         raise NNTrainError(f"{folder / 'metrics.csv'} lacks the columns epoch, val_acc, seconds")
     history = _numeric_rows(history, folder / "metrics.csv")
+    if not history:
+        raise NNTrainError(f"{folder / 'metrics.csv'} has no finished epoch (a run that stopped before the end "
+                           "of its first epoch, or is still in it)")
     test = _read_json(folder / "test.json") if (folder / "test.json").is_file() else {}
-    robustness: dict[str, list[tuple[float, float]]] = {}
-    if (folder / "eval" / "metrics.json").is_file():
-        robustness = _robustness(_read_json(folder / "eval" / "metrics.json"), folder / "eval" / "metrics.json")
-    return RunRecord(folder, cfg, history, test, robustness)
+    record = RunRecord(folder, cfg, history, test, evaluations=_read_evaluations(folder))
+    for name in _test_evaluations(record):   # the first evaluation of the best checkpoint on test that has them
+        ev = record.evaluations.get(name)
+        if ev is not None and ev.get("robustness") is not None:
+            record.robustness = _robustness(ev, RunFolder(folder).eval / name / "metrics.json")
+            if record.robustness:
+                break
+    return record
+
+
+def _read_evaluations(folder: Path) -> dict[str, dict]:
+    """Eval folder name -> its metrics.json ('' for eval/metrics.json of the older layout); one that
+    cannot be read is left out with a warning."""
+    run = RunFolder(folder)
+    found = {}
+    for where in run.evaluations():
+        try:
+            found["" if where == run.eval else where.name] = _read_json(where / "metrics.json")
+        except NNTrainError as e:
+            log.warning("%s: left out", e)
+    return found
+
+
+def _test_evaluations(run: RunRecord) -> list[str]:
+    """The saved evaluations of the run's best checkpoint on the test split, in order of preference:
+    eval/best-test (eval/last-test when the run has no best.npz), then an older run's eval/metrics.json
+    of the test split."""
+    names = ["best-test"]
+    if not RunFolder(run.path).best.exists():
+        names.append("last-test")
+    legacy = run.evaluations.get("")
+    if legacy is not None and legacy.get("split", "test") == "test":
+        names.append("")
+    return names
 
 
 def _number(value: Any) -> float | None:
@@ -133,7 +187,7 @@ def _numeric_rows(rows: list[dict], path: Path) -> list[dict]:
 
 
 def _robustness(ev: dict, path: Path) -> dict[str, list[tuple[float, float]]]:
-    """eval/metrics.json's robustness: kind -> [(level, accuracy)]; malformed entries are skipped with a
+    """An evaluation's metrics.json's robustness: kind -> [(level, accuracy)]; malformed entries are skipped with a
     warning."""
     found: dict[str, list[tuple[float, float]]] = {}
     entries = ev.get("robustness") or {}
@@ -159,114 +213,222 @@ def _robustness(ev: dict, path: Path) -> dict[str, list[tuple[float, float]]]:
     return found
 
 
-def flatten_config(cfg: Any, prefix: str = "") -> dict[str, Any]:
-    """Key paths -> leaf values: {'optimizer.lr': 0.05, 'model[0].out_channels': 32, ...}.
-    Lists of mappings (layers, augmentations) are flattened per index; other lists are leaves."""
-    if isinstance(cfg, dict):
-        out: dict[str, Any] = {}
-        for k, v in cfg.items():
-            out.update(flatten_config(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    if isinstance(cfg, list) and cfg and all(isinstance(x, dict) for x in cfg):
-        out = {}
-        for i, v in enumerate(cfg):
-            out.update(flatten_config(v, f"{prefix}[{i}]"))
-        return out
-    return {prefix: cfg}
+# --- what differs between configs ------------------------------------------------------------------
+SECTION_ORDER = ("seed", "data", "model", "loss", "optimizer", "scheduler", "train", "logging")
 
 
-def _list_prefixes(cfgs: Sequence[dict]) -> list[str]:
-    """Key paths of lists (of mappings) that differ in length or in the `type` of an entry between runs
-    (an MLP against a CNN; with and without augmentation): these are compared as a whole (`model`,
-    `data.augment`); lists of the same shape are compared entry by entry (`model[0].out_channels`)."""
-    found: list[str] = []
-
-    def walk(values: list[Any], path: str) -> None:
-        if all(isinstance(v, dict) for v in values):
-            for k in sorted(set().union(*values), key=str):
-                walk([v.get(k) for v in values], f"{path}.{k}" if path else str(k))
-            return
-        lists = [v for v in values if isinstance(v, list)]
-        if not any(isinstance(x, dict) for lst in lists for x in lst):
-            return  # plain values: compared as leaves
-        same_shape = len(lists) == len(values) and len({len(v) for v in lists}) == 1
-        if same_shape and all(len({_type_of(v[i]) for v in lists}) == 1 for i in range(len(lists[0]))):
-            for i in range(len(lists[0])):
-                walk([v[i] for v in lists], f"{path}[{i}]")
-        else:
-            found.append(path)
-
-    walk(list(cfgs), "")
-    return found
+def _registry(path: str) -> Any:
+    """The registry of the typed specs found at key path `path` (None for a plain section)."""
+    if path == "optimizer":
+        from nntrain.nn.optim import OPTIMIZERS as registry
+    elif path == "scheduler":
+        from nntrain.nn.schedulers import SCHEDULERS as registry
+    elif path == "loss":
+        from nntrain.nn.losses import LOSSES as registry
+    elif path == "model":
+        from nntrain.nn.layers import LAYERS as registry
+    elif path == "data.augment":
+        from nntrain.data.augment import AUGMENTATIONS as registry
+    else:
+        return None
+    return registry
 
 
-def _type_of(item: Any) -> Any:
-    return item.get("type") if isinstance(item, dict) else type(item).__name__
+def _defaults(path: str, spec: dict) -> dict[str, Any]:
+    """Option -> default value (resolved form) of the spec `spec` found at `path`: of its type for a typed
+    spec, of the plain section otherwise; {} when unknown."""
+    from nntrain.config.schema import SECTIONS
+    from nntrain.options import plain
+
+    options: dict = {}
+    registry = _registry(path)
+    if "type" in spec:
+        if registry is not None and spec["type"] in registry:
+            options = registry[spec["type"]].options
+    elif path in SECTIONS:
+        options = SECTIONS[path][0]
+    out = {}
+    for key, opt in options.items():
+        if not opt.required:
+            try:
+                out[key] = plain(opt.default if opt.default is None else opt.validate(opt.default, key))
+            except NNTrainError:
+                continue
+    return out
 
 
-def _describe_list(value: Any) -> str:
-    """A list of layers or augmentations in one line: `conv2d(out_channels=32, ...) - relu() - ...`."""
+def _same(values: Sequence[Any]) -> bool:
+    return all(v == values[0] for v in values[1:])
+
+
+def _keys(dicts: Sequence[Any]) -> list[str]:
+    """The keys of the mappings among `dicts`, in the order they first appear."""
+    keys: dict[str, None] = {}
+    for d in dicts:
+        if isinstance(d, dict):
+            keys.update(dict.fromkeys(d))
+    return list(keys)
+
+
+def _is_leaf(value: Any) -> bool:
+    return not isinstance(value, dict) and not (isinstance(value, list) and any(isinstance(x, (dict, list))
+                                                                               for x in value))
+
+
+def _spec_text(spec: Any, path: str, shown: Sequence[str]) -> str:
+    if spec is MISSING:
+        return MISSING
+    if not isinstance(spec, dict):
+        return "none" if spec is None else _fmt(spec)
+    if "type" in spec:
+        return f"{spec['type']}({', '.join(shown)})" if shown else str(spec["type"])
+    return ", ".join(shown) if shown else "(defaults)"
+
+
+def collapse(path: str, values: Sequence[Any]) -> list[str]:
+    """One cell per run for the section at `path` whose value differs between runs: `type(k=v, ...)`
+    with the options that differ between the runs; an option at its type's default is left out where
+    another run's section has no such option (another type, or no section). Lists of specs (layers,
+    augmentations) are described whole, each entry with its options that are not at their defaults."""
+    if any(isinstance(v, list) for v in values):
+        return [describe_list(path, v) if isinstance(v, list) else _spec_text(v, path, []) for v in values]
+    keys = [k for k in _keys(values) if k != "type"]
+    out = []
+    for v in values:
+        if not isinstance(v, dict):
+            out.append(_spec_text(v, path, []))
+            continue
+        defaults = _defaults(path, v)
+        shown = []
+        for k in keys:
+            if k not in v:
+                continue
+            column = [d.get(k, MISSING) if isinstance(d, dict) else MISSING for d in values]
+            if _same(column):
+                continue
+            if any(c is MISSING for c in column) and k in defaults and v[k] == defaults[k]:
+                continue
+            shown.append(f"{k}={_fmt(v[k])}")
+        out.append(_spec_text(v, path, shown))
+    return out
+
+
+def describe_list(path: str, value: Any) -> str:
+    """A list of layers or augmentations in one line, each entry with the options not at their
+    defaults: `random_shift(max_pixels=3) - random_rotate`; `none` for an empty list."""
     if not value:
         return "none"
     if not isinstance(value, list):
         return _fmt(value)
     parts = []
     for item in value:
-        try:
-            from nntrain.nn.layers import LAYERS
-
-            if isinstance(item, dict) and item.get("type") in LAYERS:
-                parts.append(LAYERS.build(item).describe())
-                continue
-        except NNTrainError:
-            pass
         if isinstance(item, dict):
-            opts = ", ".join(f"{k}={_fmt(v)}" for k, v in item.items() if k != "type")
-            parts.append(f"{item.get('type', '?')}({opts})")
+            defaults = _defaults(path, item)
+            shown = [f"{k}={_fmt(v)}" for k, v in item.items()
+                     if k != "type" and not (k in defaults and v == defaults[k])]
+            parts.append(_spec_text(item, path, shown))
         else:
             parts.append(_fmt(item))
     return " - ".join(parts)
 
 
-def _lookup(cfg: Any, path: str) -> Any:
-    """The value at a key path like `model` or `data.augment` (None where absent)."""
-    node = cfg
-    for step in re.findall(r"\[\d+\]|[^.\[\]]+", path):
-        if step.startswith("["):
-            i = int(step[1:-1])
-            node = node[i] if isinstance(node, list) and i < len(node) else None
-        else:
-            node = node.get(step) if isinstance(node, dict) else None
-    return node
+MODEL_KINDS = {"conv2d": "conv", "residual": "residual", "linear": "fc"}   # counted, in this order
+
+
+def count_params(layers: list, cfg: dict) -> int | None:
+    """The number of trainable parameters of the model `layers` on the data of `cfg` (the model built
+    from the config, as training built it); None when it cannot be built here."""
+    import numpy as np
+
+    from nntrain.data.registry import data_info
+    from nntrain.nn.model import build_model
+
+    try:
+        model = build_model(layers, data_info(cfg["data"]).input_shape, seed=0, dtype=np.float32, threads=1)
+    except Exception as e:  # noqa: BLE001 - a model that cannot be rebuilt here is described without its size
+        log.debug("cannot count the parameters of %s: %s", layers, e)
+        return None
+    try:
+        return model.num_params()
+    finally:
+        model.close()
+
+
+def _count(n: int) -> str:
+    """52k, 1.2M, 850."""
+    if n < 1000:
+        return str(n)
+    if n < 10_000:
+        return f"{n / 1e3:.1f}k"
+    if n < 1_000_000:
+        return f"{n / 1e3:.0f}k"
+    return f"{n / 1e6:.1f}M" if n < 100_000_000 else f"{n / 1e6:.0f}M"
+
+
+def describe_model(layers: Any, cfg: dict) -> str:
+    """`2 conv + 2 fc, 52k params`: the conv, residual and fully connected layers at the top level (a
+    residual block counts once, whatever it holds) and the parameter count."""
+    if not isinstance(layers, list):
+        return _spec_text(layers, "model", [])
+    counts = dict.fromkeys(MODEL_KINDS.values(), 0)
+    for layer in layers:
+        kind = MODEL_KINDS.get(layer.get("type")) if isinstance(layer, dict) else None
+        if kind:
+            counts[kind] += 1
+    text = " + ".join(f"{n} {kind}" for kind, n in counts.items() if n) or f"{len(layers)} layers"
+    n = count_params(layers, cfg)
+    return text if n is None else f"{text}, {_count(n)} params"
+
+
+def _model_cells(models: Sequence[Any], cfgs: Sequence[dict]) -> list[str]:
+    """The model column: each model's short description; where two different models read the same,
+    what tells them apart is added (the differing layers, or the whole stack in one line)."""
+    cells = [describe_model(m, c) for m, c in zip(models, cfgs)]
+    clash = [i for i in range(len(models)) if any(cells[i] == cells[j] and models[i] != models[j]
+                                                   for j in range(len(models)))]
+    if not clash:
+        return cells
+    lists = [m for m in models if isinstance(m, list)]
+    if len(lists) == len(models) and len({len(m) for m in lists}) == 1:   # as many layers: the ones that differ
+        details = [[] for _ in models]
+        for j in range(len(lists[0])):
+            entries = [m[j] for m in lists]
+            if not _same(entries):
+                for i, text in enumerate(collapse("model", entries)):
+                    details[i].append(f"[{j}] {text}")
+        extra = [", ".join(d) for d in details]
+    else:
+        extra = [describe_list("model", m) for m in models]
+    return [f"{cell}; {extra[i]}" if i in clash else cell for i, cell in enumerate(cells)]
 
 
 def config_differences(cfgs: Sequence[dict]) -> list[tuple[str, list[str]]]:
-    """(key path, one formatted value per run) for every config key whose value differs between runs.
-    The run name (`name`) is left out: the run folder names the run."""
-    wholes = _list_prefixes(cfgs)
-    flats = []
-    for cfg in cfgs:
-        flat = flatten_config(cfg)
-        for w in wholes:
-            flat = {k: v for k, v in flat.items() if not (k == w or k.startswith(w + ".") or k.startswith(w + "["))}
-            flat[w] = ("__list__", _describe_list(_lookup(cfg, w)))
-        flats.append(flat)
-    keys = sorted(set().union(*flats), key=_key_order) if flats else []
-    out = []
+    """(column, one cell per run) for every part of the configs that differs between runs, sections in
+    the order a config lists them: a plain section (data, train) gives a column per differing key
+    (`train.epochs`), a typed or nested section one collapsed column (`optimizer`: `adam(lr=0.003)`,
+    `train.early_stopping`), the model one column of short descriptions. The run name (`name`) is left
+    out: the run folder names the run."""
+    keys = _keys(cfgs)
+    keys = sorted((k for k in keys if k != "name"),
+                  key=lambda k: (SECTION_ORDER.index(k) if k in SECTION_ORDER else len(SECTION_ORDER), keys.index(k)))
+    out: list[tuple[str, list[str]]] = []
     for key in keys:
-        if key == "name":
+        values = [c.get(key, MISSING) for c in cfgs]
+        if _same(values):
             continue
-        values = [f.get(key, MISSING) for f in flats]
-        if any(v != values[0] for v in values[1:]):
-            out.append((key, [v[1] if isinstance(v, tuple) and v[:1] == ("__list__",) else _fmt(v) for v in values]))
+        if key == "model":
+            out.append((key, _model_cells(values, cfgs)))
+        elif all(isinstance(v, dict) and "type" not in v for v in values):   # data, train: key by key
+            for sub in _keys(values):
+                column = [v.get(sub, MISSING) for v in values]
+                if _same(column):
+                    continue
+                path = f"{key}.{sub}"
+                out.append((path, [_fmt(v) for v in column] if all(_is_leaf(v) for v in column)
+                            else collapse(path, column)))
+        else:
+            out.append((key, collapse(key, values)))
     return out
-
-
-def _key_order(key: str) -> tuple:
-    """Config sections in the order a config file lists them, then by path."""
-    order = ["seed", "data", "model", "loss", "optimizer", "scheduler", "train"]
-    head = key.split(".")[0].split("[")[0]
-    return (order.index(head) if head in order else len(order), key)
 
 
 def _fmt(v: Any) -> str:
@@ -280,6 +442,8 @@ def _fmt(v: Any) -> str:
         return str(v).lower()
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items()) + "}"
     return str(v)
 
 
@@ -289,11 +453,13 @@ def _num(v: float | None, spec: str = ".4f") -> str:
 
 @dataclass
 class Comparison:
-    """The table: `columns` (header) and `rows` (one list of cells per run), all strings."""
+    """The table: `columns` (header) and `rows` (one list of cells per run), all strings; and the label
+    of each run's curves in compare.png (see `curve_labels`)."""
 
     runs: list[RunRecord]
     columns: list[str]
     rows: list[list[str]]
+    curve_labels: list[str] = field(default_factory=list)
 
     def markdown(self) -> str:
         """The table as markdown: run names left, numbers right-aligned."""
@@ -301,12 +467,53 @@ class Comparison:
         return format_table(self.columns, self.rows, align, markdown=True)
 
 
-def compare_runs(folders: Sequence[str | Path]) -> Comparison:
-    """Read the runs and build the table: run, differing config keys, best val acc, test acc,
-    robustness accuracies (`rotate=15`), epochs, median seconds per epoch."""
+def curve_labels(runs: Sequence[RunRecord], diffs: Sequence[tuple[str, list[str]]]) -> list[str]:
+    """Each run's label in the overlaid curves: what sets it apart, `optimizer=adam(lr=0.003)` (the
+    differing columns as key=value; when that is longer than MAX_LEGEND characters, the fewest columns,
+    taken in table order, that still tell every run apart). The runs' names when nothing else tells
+    them apart in MAX_LEGEND characters."""
+    def labels(columns: Sequence[tuple[str, list[str]]]) -> list[str]:
+        return [", ".join(f"{key}={cells[i]}" for key, cells in columns) for i in range(len(runs))]
+
+    def usable(found: list[str]) -> bool:
+        return len(set(found)) == len(found) and max(len(x) for x in found) <= MAX_LEGEND
+
+    if diffs and usable(every := labels(diffs)):
+        return every
+    chosen: list[tuple[str, list[str]]] = []
+    groups = len(set(labels(chosen)))
+    for column in diffs:
+        if len(set(labels([*chosen, column]))) > groups:   # this column tells more runs apart
+            chosen.append(column)
+            groups = len(set(labels(chosen)))
+    if chosen and usable(found := labels(chosen)):
+        return found
+    return [r.label for r in runs]
+
+
+def read_runs(folders: Sequence[str | Path]) -> list[RunRecord]:
+    """The run folders that can be compared; each other one is skipped with a warning naming it and
+    why. NNTrainError when none is left."""
     if not folders:
         raise NNTrainError("give at least one run folder to compare")
-    runs = [read_run(f) for f in folders]
+    runs = []
+    for folder in folders:
+        try:
+            runs.append(read_run(folder))
+        except NNTrainError as e:
+            log.warning("skipped %s: %s", folder, e)
+    if not runs:
+        raise NNTrainError("nothing to compare: " + ("the folder given is" if len(folders) == 1 else
+                                                      f"none of the {len(folders)} folders given is")
+                           + " a finished run folder (see the warnings above)")
+    return runs
+
+
+def compare_runs(folders: Sequence[str | Path]) -> Comparison:
+    """Read the runs (skipping, with a warning, those that cannot be compared) and build the table: run,
+    differing config keys, best val acc, test acc, robustness accuracies (`rotate=15`), epochs, median
+    seconds per epoch."""
+    runs = read_runs(folders)
     names = [r.path.name for r in runs]
     for r in runs:
         if names.count(r.path.name) > 1:   # same folder name under different parents: show the path given
@@ -325,7 +532,7 @@ def compare_runs(folders: Sequence[str | Path]) -> Comparison:
         robust = [_num(dict(r.robustness.get(kind, [])).get(lv)) for kind, lv in robust_cols]
         rows.append([r.label] + [vals[i] for _, vals in diffs] + [_num(r.best_val_acc()), _num(r.test_acc())]
                     + robust + [str(r.epochs()), _num(r.median_seconds(), ".3f")])
-    return Comparison(runs, columns, rows)
+    return Comparison(runs, columns, rows, curve_labels(runs, diffs))
 
 
 def default_out_dir(base: str | Path = "comparisons") -> Path:
@@ -339,8 +546,10 @@ def save_comparison(comp: Comparison, out_dir: str | Path) -> list[Path]:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    md = ["# Comparison", "", comp.markdown(), "", "Runs:", ""] + [f"- `{r.path}`" for r in comp.runs]
+    labels = comp.curve_labels or [r.label for r in comp.runs]
+    md = ["# Comparison", "", comp.markdown(), "", "Runs:", ""]
+    md += [f"- `{r.path}`" + (f" (curves: {label})" if label != r.label else "") for r, label in zip(comp.runs, labels)]
     md += ["", "![loss and accuracy curves: train dashed, val solid](compare.png)", ""]
     atomic_write_text(out_dir / "compare.md", "\n".join(md))
-    plot_compare([(r.label, r.history) for r in comp.runs], out_dir / "compare.png")
+    plot_compare([(label, r.history) for r, label in zip(comp.runs, labels)], out_dir / "compare.png")
     return [out_dir / "compare.md", out_dir / "compare.png"]

@@ -1,11 +1,13 @@
 """`nntrain report RUN_DIR`: one self-contained `report.html` per run, to see a run at a glance.
 
-The page holds what the run folder holds: the test result (test.json) and the latest `nntrain eval`
-(eval/metrics.json: per-class accuracy), the metrics table (metrics.csv), every figure in plots/
-(curves, confusion matrix, misclassified grid, weights, ...) embedded as base64 PNGs, the model summary
-(rebuilt from the checkpoint) and the resolved config. No scripts, no styles or images from elsewhere,
-no network: the file can be mailed or archived on its own. `nntrain train` writes it after training
-and `nntrain eval` after each evaluation; `nntrain report` rebuilds it.
+The page holds what the run folder holds: the test result (test.json), every evaluation `nntrain
+eval` saved (eval/<checkpoint>-<split>/: a small table of checkpoint, epoch, split, loss and accuracy,
+per-class accuracy, robustness, and that evaluation's figures; an older run's eval/metrics.json too),
+the metrics table (metrics.csv), the figures in plots/ (curves, health, ...; those an evaluation
+section already shows are not repeated) embedded as base64 PNGs, the model summary (rebuilt from the
+checkpoint) and the resolved config. No scripts, no styles or images from elsewhere, no network: the
+file can be mailed or archived on its own. `nntrain train` writes it after training and `nntrain
+eval` after each evaluation; `nntrain report` rebuilds it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import html
 import json
 import logging
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Collection, Iterable, Sequence
 
 from nntrain.atomic import atomic_write_text
 from nntrain.training.run_folder import RunFolder
@@ -86,19 +88,27 @@ def _metrics_section(folder: RunFolder) -> str:
     return table(rows[0], rows[1:])
 
 
-def _figures(folder: RunFolder) -> str:
-    pngs = sorted(folder.plots.glob("*.png")) if folder.plots.is_dir() else []
-    if not pngs:
-        return '<p class="muted">no figures</p>'
+def _pngs(paths: Iterable[Path], skip: Collection[tuple[str, bytes]] = ()) -> str:
+    """The PNG files among `paths` as embedded figures captioned with their names; a file whose
+    (name, bytes) is in `skip` (a figure already on the page) is left out."""
     out = []
-    for path in pngs:
-        data = path.read_bytes()
-        if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+    for path in paths:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        if not data.startswith(b"\x89PNG\r\n\x1a\n") or (path.name, data) in skip:
             continue
         b64 = base64.b64encode(data).decode("ascii")
         out.append(f'<figure><img alt="{_e(path.stem)}" src="data:image/png;base64,{b64}">'
                    f"<figcaption>{_e(path.name)}</figcaption></figure>")
     return "\n".join(out)
+
+
+def _figures(folder: RunFolder, shown: Collection[tuple[str, bytes]] = ()) -> str:
+    """plots/*.png, less the copies of figures in `shown` (the default evaluation's, shown with it)."""
+    pngs = sorted(folder.plots.glob("*.png")) if folder.plots.is_dir() else []
+    return _pngs(pngs, shown) or '<p class="muted">no figures</p>'
 
 
 def _model_summary(folder: RunFolder) -> str:
@@ -110,19 +120,55 @@ def _model_summary(folder: RunFolder) -> str:
         return f"(no model summary: {e})"
 
 
-def _results(folder: RunFolder) -> str:
+def _evaluation(folder: RunFolder, where: Path) -> tuple[str, set[tuple[str, bytes]]]:
+    """One evaluation's section: its table, per-class accuracy, robustness and figures; and the figures
+    it showed, as (name, bytes). `where` is eval/<checkpoint>-<split>/, or eval/ (an older layout, whose
+    figures are in plots/)."""
+    ev = _read_json(where / "metrics.json")
+    if not isinstance(ev, dict):
+        return "", set()
+    legacy = where == folder.eval
+    name = "eval/metrics.json (an older nntrain's layout)" if legacy else f"eval/{where.name}/"
+    keys = ("checkpoint", "epoch", "split", "samples", "loss", "accuracy")
+    parts = [f"<h3>{_e(name)}</h3>", table(keys, [[ev.get(k) if not isinstance(ev.get(k), (dict, list)) else ""
+                                                   for k in keys]])]
+    per_class = ev.get("per_class_accuracy")
+    if isinstance(per_class, dict) and per_class:
+        parts.append(table(["class", *per_class], [["accuracy", *per_class.values()]]))
+    robustness = ev.get("robustness")
+    if isinstance(robustness, dict):
+        rows = [[kind, r.get("level"), r.get("accuracy")] for kind, entries in robustness.items()
+                if isinstance(entries, list) for r in entries if isinstance(r, dict)]
+        if rows:
+            parts.append(table(["perturbation", "level", "accuracy"], rows))
+    figures = [] if legacy else sorted(where.glob("*.png"))
+    parts.append(_pngs(figures))
+    return "\n".join(parts), {(p.name, _read_bytes(p)) for p in figures}
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def _results(folder: RunFolder) -> tuple[str, set[tuple[str, bytes]]]:
+    """The test result and every saved evaluation; and the names of the figures the evaluations showed."""
     parts = []
     test = _read_json(folder.test)
     if test:
         parts.append("<h2>Test result</h2>" + table(["key", "value"], test.items()))
-    ev = _read_json(folder.eval / "metrics.json")
-    if ev:
-        head = {k: v for k, v in ev.items() if not isinstance(v, (dict, list))}
-        parts.append("<h2>Latest evaluation (nntrain eval)</h2>" + table(["key", "value"], head.items()))
-        per_class = ev.get("per_class_accuracy")
-        if isinstance(per_class, dict):
-            parts.append(table(["class", "accuracy"], per_class.items()))
-    return "\n".join(parts)
+    shown: set[tuple[str, bytes]] = set()
+    sections = []
+    for where in folder.evaluations():
+        html_, names = _evaluation(folder, where)
+        if html_:
+            sections.append(html_)
+            shown |= names
+    if sections:
+        parts.append("<h2>Evaluations (nntrain eval)</h2>\n" + "\n".join(sections))
+    return "\n".join(parts), shown
 
 
 def render_report(run_dir: str | Path) -> str:
@@ -133,12 +179,13 @@ def render_report(run_dir: str | Path) -> str:
     except OSError:
         config = "(no config.yaml)"
     name = folder.path.name
+    results, shown = _results(folder)
     body = [
         f"<h1>nntrain run {_e(name)}</h1>",
         f'<p class="muted">{_e(folder.path.resolve())}</p>',
-        _results(folder),
+        results,
         "<h2>Metrics per epoch</h2>", _metrics_section(folder),
-        "<h2>Figures</h2>", _figures(folder),
+        "<h2>Figures</h2>", _figures(folder, shown),
         "<h2>Model</h2>", f"<pre>{_e(_model_summary(folder))}</pre>",
         "<h2>Resolved config</h2>", f"<pre>{_e(config)}</pre>",
     ]

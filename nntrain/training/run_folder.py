@@ -2,7 +2,8 @@
 trained run from a run folder or a checkpoint file copied anywhere.
 
     runs/<name>-<YYYYmmdd-HHMMSS>/
-      config.yaml  metrics.csv  log.txt  test.json  checkpoints/{last,best}.npz  plots/  eval/
+      config.yaml  metrics.csv  log.txt  test.json  checkpoints/{last,best}.npz  plots/
+      eval/<checkpoint>-<split>/   (one per evaluation: eval/best-test/, eval/last-val/, ...)
 
 A checkpoint carries its own resolved config, dataset name and normalisation statistics, so a model
 can be rebuilt from the file alone.
@@ -188,7 +189,23 @@ class RunFolder:
     last = property(lambda self: self.checkpoints / "last.npz", doc="where training continues from")
     best = property(lambda self: self.checkpoints / "best.npz", doc="the best epoch by the checkpoint monitor")
     plots = property(lambda self: self.path / "plots")
-    eval = property(lambda self: self.path / "eval", doc="results of `nntrain eval`")
+    eval = property(lambda self: self.path / "eval", doc="results of `nntrain eval`, one folder per evaluation")
+
+    def eval_dir(self, checkpoint: str, split: str) -> Path:
+        """Where `nntrain eval` saves the evaluation of checkpoint `checkpoint` (its file's stem: best,
+        last, epoch_7) on `split`: eval/<checkpoint>-<split>/."""
+        return self.eval / f"{checkpoint}-{split}"
+
+    def evaluations(self) -> list[Path]:
+        """The folders holding a saved evaluation: eval/<checkpoint>-<split>/ with a metrics.json (the
+        default one, eval/best-test, first, then by name), and eval/ itself last when it holds a
+        metrics.json of its own (the layout of nntrain before results were kept per checkpoint)."""
+        try:
+            found = sorted((d for d in self.eval.iterdir() if d.is_dir() and (d / "metrics.json").is_file()),
+                           key=lambda d: (d.name != "best-test", d.name))
+        except OSError:
+            return []
+        return found + ([self.eval] if (self.eval / "metrics.json").is_file() else [])
 
     @classmethod
     def new(cls, name: str, base: str | os.PathLike = "runs", command: str = "nntrain train") -> RunFolder:

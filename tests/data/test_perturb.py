@@ -56,7 +56,7 @@ def test_eval_perturb_table_json_and_plot_agree(tmp_path: Path) -> None:
     assert run_cli("train", str(cfg_path), "--run-dir", str(tmp_path / "run")).returncode == 0
     proc = run_cli("eval", str(tmp_path / "run"), "--perturb", "rotate=0,30,60", "--perturb", "noise=0,0.5")
     assert proc.returncode == 0, proc.stderr
-    metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "run" / "eval" / "best-test" / "metrics.json").read_text())
     rob = metrics["robustness"]
     assert [r["level"] for r in rob["rotate"]] == [0.0, 30.0, 60.0]
     assert rob["rotate"][0]["accuracy"] == pytest.approx(metrics["accuracy"])  # level 0 is the clean test set
@@ -70,7 +70,7 @@ def test_eval_perturb_table_json_and_plot_agree(tmp_path: Path) -> None:
     assert width > 1.6 * height  # two panels side by side
     # the same command gives the same table: the perturbations are seeded
     again = run_cli("eval", str(tmp_path / "run"), "--perturb", "rotate=0,30,60", "--perturb", "noise=0,0.5")
-    assert json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text()) == metrics
+    assert json.loads((tmp_path / "run" / "eval" / "best-test" / "metrics.json").read_text()) == metrics
     assert again.stdout == proc.stdout
 
 

@@ -105,7 +105,7 @@ def test_tiny_batches_and_tiny_datasets(tmp_path, tiny_root, batch_size, model):
     assert np.isfinite(summary["test_loss"]) and summary["test_acc"] in {k / 7 for k in range(8)}
     code, out = invoke("eval", run, "--batch-size", "3")
     assert code == 0, out
-    assert json.loads((run / "eval" / "metrics.json").read_text())["samples"] == 7
+    assert json.loads((run / "eval" / "best-test" / "metrics.json").read_text())["samples"] == 7
 
 
 def test_batches_never_empty():

@@ -103,7 +103,7 @@ def test_a_training_run_refuses_other_writers_but_not_readers(tmp_path):
         assert not (run / "eval").exists(), "eval wrote nothing into the folder being trained"
 
         code, out = invoke("eval", run, "--out", tmp_path / "elsewhere")
-        assert code == 0 and (tmp_path / "elsewhere" / "eval" / "metrics.json").is_file(), out
+        assert code == 0 and (tmp_path / "elsewhere" / "eval" / "best-test" / "metrics.json").is_file(), out
         img = tmp_path / "digit.png"
         Image.fromarray(np.zeros((28, 28), np.uint8)).save(img)
         code, out = invoke("predict", run, img)
@@ -147,8 +147,8 @@ def test_two_evals_of_one_run_do_not_write_at_once(finished, tmp_path):
     try:
         assert holder.stdout.readline().strip() == "locked"
         ev = popen("eval", run)
-        report = ev.stdout.readline()               # printed before the results are saved
-        assert report.startswith("test set:"), report
+        first, report = ev.stdout.readline(), ev.stdout.readline()   # printed before the results are saved
+        assert first.startswith("evaluated ") and report.startswith("test set:"), first + report
         time.sleep(2.0)
         assert ev.poll() is None and not (run / "eval").exists(), "the second eval waits for the first"
         released_at = time.time()
@@ -158,7 +158,7 @@ def test_two_evals_of_one_run_do_not_write_at_once(finished, tmp_path):
         code, out, err = finish(ev)
         assert code == 0, err
         assert f"waiting for pid {holder.pid}" in err and "(nntrain eval" in err, err
-        assert (run / "eval" / "metrics.json").stat().st_mtime >= released_at - 0.01
+        assert (run / "eval" / "best-test" / "metrics.json").stat().st_mtime >= released_at - 0.01
     finally:
         holder.kill()
         holder.wait()

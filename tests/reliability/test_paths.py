@@ -73,7 +73,7 @@ def test_eval_of_a_read_only_run_prints_the_results_then_refuses_to_save(tmp_pat
         assert "test set:" in out, "the results are printed before saving is tried"
         one_error(out, ro, "read-only", "--out")
         code, out = invoke("eval", ro, "--out", tmp_path / "out")
-        assert code == 0 and (tmp_path / "out" / "eval" / "metrics.json").is_file(), out
+        assert code == 0 and (tmp_path / "out" / "eval" / "best-test" / "metrics.json").is_file(), out
 
 
 def test_eval_out_on_a_read_only_file_system(tmp_path, finished):

@@ -52,8 +52,9 @@ def run_dir(tmp_path_factory) -> Path:
     proc = run_cli("train", str(cfg), "--run-dir", str(tmp / "run"), "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert (tmp / "run" / "report.html").is_file()   # written after training
-    ev = run_cli("eval", str(tmp / "run"))
-    assert ev.returncode == 0, ev.stderr
+    for args in (["--split", "val"], []):   # two evaluations: both on the page, each with its figures
+        ev = run_cli("eval", str(tmp / "run"), *args)
+        assert ev.returncode == 0, ev.stderr
     return tmp / "run"
 
 
@@ -69,9 +70,15 @@ def test_the_page_is_self_contained_valid_html_with_the_runs_contents(run_dir):
     for src in page.images:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1]).startswith(b"\x89PNG\r\n\x1a\n")
-    for expected in ("Test result", "Latest evaluation", "<th>class</th>", "Metrics per epoch",
-                     "train_loss", "total parameters", "optimizer:", "confusion.png", "misclassified.png"):
+    for expected in ("Test result", "Evaluations (nntrain eval)", "<h3>eval/best-test/</h3>", "<h3>eval/best-val/</h3>",
+                     "<th>class</th>",
+                     "<th>checkpoint</th>", "Metrics per epoch", "train_loss", "total parameters", "optimizer:",
+                     "confusion.png", "misclassified.png"):
         assert expected in text, expected
+    # the default evaluation's figures are shown with it, not again from plots/ (which holds copies of them)
+    for name in ("confusion.png", "misclassified.png"):
+        assert (run_dir / "plots" / name).read_bytes() == (run_dir / "eval" / "best-test" / name).read_bytes()
+        assert text.count(f"<figcaption>{name}</figcaption>") == 2, name   # best-test's and best-val's
 
 
 def test_nntrain_report_rebuilds_it(run_dir):

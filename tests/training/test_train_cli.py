@@ -41,12 +41,12 @@ def test_train_then_eval_cycle(tmp_path: Path, config_file: Path) -> None:
 
     proc = run_cli("eval", str(run), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    metrics = json.loads((run / "eval" / "best-test" / "metrics.json").read_text())
     assert metrics["accuracy"] == pytest.approx(summary["test_acc"])  # eval of best.npz == the run's test figure
     assert f"accuracy {metrics['accuracy']:.4f}" in proc.stdout
     matrix = proc.stdout.split("confusion matrix")[1].split("\n\n")[0].splitlines()[1:]
     assert len(matrix) == 11 and len({len(line) for line in matrix}) == 1  # header + 10 rows, columns aligned
-    cm = np.loadtxt(run / "eval" / "confusion.csv", delimiter=",", skiprows=1, usecols=range(1, 11), dtype=int)
+    cm = np.loadtxt(run / "eval" / "best-test" / "confusion.csv", delimiter=",", skiprows=1, usecols=range(1, 11), dtype=int)
     assert cm.sum() == metrics["samples"] == 1000
     assert np.trace(cm) / cm.sum() == pytest.approx(metrics["accuracy"])
     for name in ("confusion.png", "misclassified.png"):
@@ -58,7 +58,7 @@ def test_train_then_eval_cycle(tmp_path: Path, config_file: Path) -> None:
     shutil.copy(run / "checkpoints" / "best.npz", away / "model.npz")
     proc = run_cli("eval", str(away / "model.npz"), "--split", "val", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads((away / "eval" / "metrics.json").read_text())["samples"] == 500
+    assert json.loads((away / "eval" / "model-val" / "metrics.json").read_text())["samples"] == 500
 
 
 def test_default_run_folder_is_unique(tmp_path: Path, config_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
