@@ -302,6 +302,19 @@ def test_maxpool_evaluation_of_tiling_windows_matches_torch(n, c, h, w, k, dtype
     np.testing.assert_array_equal(y, layer.forward(x, train=True))
 
 
+@pytest.mark.parametrize("mode", ["max", "avg"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pool_evaluation_forward_matches_torch_in_either_layout(mode, channels_last):
+    """Evaluation (train=False) of tiling and overlapping windows, on NCHW and on channels-last memory
+    (what a conv hands over), equals PyTorch: each pooling keeps its own operation on every path."""
+    for k, s in ((2, None), (3, 2)):
+        layer = make({"type": f"{mode}pool2d", "kernel_size": k, "stride": s}, (3, 8, 8))
+        x = np.random.default_rng(9).standard_normal((2, 8, 8, 3) if channels_last else (2, 3, 8, 8))
+        x = x.transpose(0, 3, 1, 2) if channels_last else x
+        ty = torch_pool(mode, layer)(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+        np.testing.assert_allclose(layer.forward(readonly(x), train=False), ty, rtol=1e-12)
+
+
 @pytest.mark.parametrize("k, s", [(2, 2), (3, 1), (2, 1)])
 def test_maxpool_ties_route_to_one_element_like_torch(k, s):
     """Ties (e.g. all zeros after ReLU) send each window's gradient to a single element, PyTorch's."""
