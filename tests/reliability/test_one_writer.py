@@ -105,7 +105,9 @@ def test_a_training_run_refuses_other_writers_but_not_readers(tmp_path):
         code, out = invoke("eval", run, "--out", tmp_path / "elsewhere")
         assert code == 0 and (tmp_path / "elsewhere" / "eval" / "best-test" / "metrics.json").is_file(), out
         img = tmp_path / "digit.png"
-        Image.fromarray(np.zeros((28, 28), np.uint8)).save(img)
+        digit = np.zeros((28, 28), np.uint8)
+        digit[6:22, 12:16] = 255   # a stroke of ink: predict frames the ink, and refuses an empty image
+        Image.fromarray(digit).save(img)
         code, out = invoke("predict", run, img)
         assert code == 0, out
         code, out = invoke("compare", run, "--out", tmp_path / "cmp")
