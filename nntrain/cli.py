@@ -322,9 +322,10 @@ def lr_find_cmd(config: str, overrides: tuple[str, ...], start: float, end: floa
 
     if end <= start:
         raise click.UsageError(f"--end ({end:g}) must be larger than --start ({start:g})")
-    result = lr_find(_load(config, overrides), start=start, end=end, steps=steps)
+    cfg = _load(config, overrides)
+    result = lr_find(cfg, start=start, end=end, steps=steps)
     click.echo(result.summary())
-    click.echo(f"plot: {write_lr_find_plot(result, out)}")
+    click.echo(f"plot: {write_lr_find_plot(result, out, title=str(cfg.get('name') or Path(config).stem))}")
 
 
 def _parse_perturb(values: tuple[str, ...]) -> list[tuple[str, list[float]]]:

@@ -15,8 +15,8 @@ from nntrain.config import validate_config
 from nntrain.tools.lr_find import MIN_OVER_10, STEEPEST, lr_find, lr_schedule, smooth, suggest
 
 
-def test_cli_writes_the_plot_and_a_suggestion_in_range(tmp_path: Path) -> None:
-    config = write_config(tmp_path / "c.yaml", tiny_config())
+def test_cli_writes_the_plot_and_a_suggestion_in_range(tmp_path: Path, figures: dict) -> None:
+    config = write_config(tmp_path / "c.yaml", tiny_config(name="tiny-lr"))
     out = tmp_path / "figs" / "lr.png"
     result = CliRunner().invoke(cli, ["lr-find", str(config), "--start", "1e-4", "--end", "5", "--steps", "60",
                                       "--out", str(out)])
@@ -26,6 +26,8 @@ def test_cli_writes_the_plot_and_a_suggestion_in_range(tmp_path: Path) -> None:
     assert 1e-4 <= suggested <= 5
     assert "steepest descent" in line or "minimum / 10" in line
     assert png_size(out)[0] > 300
+    title = figures["lr.png"].axes[0].get_title()
+    assert title.startswith("tiny-lr"), title   # the plot names the config it measured
 
 
 def test_same_seed_same_curve_and_the_divergence_stop() -> None:
