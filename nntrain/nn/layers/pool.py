@@ -195,8 +195,8 @@ class MaxPool2D(_Pool2D):
         rows first, then over the kw columns.
 
         With x as (N, OH, kh, OW·kw·C) memory, each window row a is one long contiguous run per output row,
-        so the first pass (kh-1 maxima) runs over long rows and halves the data before the second, whose
-        runs are only C long; the offset-by-offset path of `forward` pays that short-run cost on all
+        so the first pass (kh-1 maxima) runs over long rows and shrinks the data kh-fold before the second,
+        whose runs are only C long; the offset-by-offset path of `forward` pays that short-run cost on all
         kh·kw offsets (figures: bench/results/kernels.md). The max of a set does not depend on the order
         it is taken in, so the result equals that path's (NaN propagates in both).
         """
@@ -210,7 +210,10 @@ class MaxPool2D(_Pool2D):
         def work(s: slice) -> None:
             r, ys = rows[s], y[s]
             m = tmp[s] if tmp is not None else ys.reshape(len(ys), oh, ow * c)
-            np.copyto(m, r[:, :, 0]) if kh == 1 else np.maximum(r[:, :, 0], r[:, :, 1], out=m)
+            if kh == 1:
+                np.copyto(m, r[:, :, 0])
+            else:
+                np.maximum(r[:, :, 0], r[:, :, 1], out=m)
             for a in range(2, kh):
                 np.maximum(m, r[:, :, a], out=m)
             if tmp is None:
