@@ -601,6 +601,9 @@ def _usable_cores() -> int:
 
 def main() -> None:
     _set_blas_environment()
+    from nntrain.nn.allocator import keep_freed_memory
+
+    keep_freed_memory()   # the same large arrays every step: keep them mapped (nn/allocator.py)
     cli(prog_name="nntrain")
 
 
