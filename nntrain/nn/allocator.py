@@ -19,7 +19,6 @@ users may call `keep_freed_memory()` themselves. It does nothing outside glibc (
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 log = logging.getLogger(__name__)
@@ -35,13 +34,9 @@ TRIM_THRESHOLD = 1 << 30
 def keep_freed_memory() -> bool:
     """No mmap'd blocks and a 1 GiB trim threshold in glibc's malloc (see the module docstring); True
     where it took effect."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):   # not glibc: no mallopt
+        mallopt = ctypes.CDLL(None).mallopt   # the C library the interpreter runs on
+    except (OSError, AttributeError, TypeError):   # no mallopt (not glibc), or no such handle (Windows)
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
