@@ -2,7 +2,7 @@
 float32 batch: nntrain beside PyTorch, same process, same thread count. Not a test.
 
 usage: python -m bench.fwdbwd [--threads 2] [--net mnist-cnn|cifar-cnn|cifar-resnet|mnist-mlp] [--repeats 30] [--rounds 3] [--batch N] [--profile]
-       [--clock cpu] [--workers N] [--compare-workers] [--default-malloc]
+       [--clock cpu] [--workers N] [--compare-workers] [--keep-freed-memory]
 Prints the median (and best) milliseconds per forward+backward of each side and the ratio nntrain/PyTorch.
 Rounds alternate the two sides so that load from other processes hits both alike. On a busy machine
 trust the best-of figures; with --threads 1, `--clock cpu` (process CPU time) is robust to other load.
@@ -36,8 +36,9 @@ def parse() -> argparse.Namespace:
                     help="also time nntrain with one element-wise thread (BLAS threads unchanged)")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall: elapsed time; cpu: process CPU time of all threads (use with --threads 1)")
-    ap.add_argument("--default-malloc", action="store_true",
-                    help="leave glibc's malloc as it is (the `nntrain` command keeps freed memory: nn/allocator.py)")
+    ap.add_argument("--keep-freed-memory", action="store_true",
+                    help="keep freed memory in glibc's heap, as the `nntrain` command does (nn/allocator.py); "
+                         "in this one process it acts on both sides")
     return ap.parse_args()
 
 
@@ -132,8 +133,8 @@ def profile(model, loss, x: np.ndarray, labels: np.ndarray, repeats: int = 20) -
 
 
 def main() -> None:
-    if not args.default_malloc:
-        keep_freed_memory()   # as the `nntrain` command does
+    if args.keep_freed_memory:
+        keep_freed_memory()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.batch, *INPUT)).astype(np.float32)
     labels = rng.integers(0, 10, size=args.batch)
