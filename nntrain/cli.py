@@ -252,9 +252,11 @@ def print_config(config: str | None, overrides: tuple[str, ...], explain: bool) 
 @click.option("--full", is_flag=True, help="Check every entry of every tensor (default: a sample).")
 @click.option("--samples", type=click.IntRange(min=1), default=50, show_default=True,
               help="Entries checked per tensor when not --full.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Samples in the checked batch (default: 2, or more so that every batchnorm "
+                   "normalises over at least 8 values per feature).")
 @handle_errors
-def gradcheck(config: str, overrides: tuple[str, ...], full: bool, samples: int, batch_size: int) -> None:
+def gradcheck(config: str, overrides: tuple[str, ...], full: bool, samples: int, batch_size: int | None) -> None:
     """Check every gradient of CONFIG's model numerically (float64, central differences).
 
     Prints a table of relative errors; exits 1 if any tensor fails.

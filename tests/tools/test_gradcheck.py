@@ -477,3 +477,34 @@ def test_gradcheck_command_exit_codes(tmp_path, monkeypatch):
     bad = runner.invoke(cli, ["gradcheck", str(QUICKSTART), "--samples", "20"])
     assert bad.exit_code == 1, bad.output
     assert "FAIL" in bad.output and ".W" in bad.output
+
+
+# --- the default batch ------------------------------------------------------------------------------
+@pytest.mark.parametrize("spec, input_shape, batch", [
+    ([{"type": "flatten"}, {"type": "linear", "out_features": 3}], (2, 3, 3), 2),       # no batchnorm
+    ([{"type": "batchnorm"}, {"type": "linear", "out_features": 3}], (6,), 8),          # 1 value per sample
+    ([{"type": "batchnorm"}, {"type": "flatten"}, {"type": "linear", "out_features": 3}], (3, 2, 2), 2),
+    ([{"type": "batchnorm"}, {"type": "flatten"}, {"type": "linear", "out_features": 3}], (3, 1, 3), 3),
+    ([{"type": "residual", "body": [{"type": "conv2d", "out_channels": 2, "kernel_size": 3, "stride": 3},
+                                    {"type": "batchnorm"}],
+      "shortcut": [{"type": "avgpool2d", "kernel_size": 3}, {"type": "conv2d", "out_channels": 2, "kernel_size": 1}]},
+      {"type": "flatten"}, {"type": "linear", "out_features": 3}], (1, 3, 3), 8),       # inside a block
+])
+def test_default_batch_gives_every_batchnorm_eight_values(spec, input_shape, batch):
+    """Batch statistics over 2 values are nearly singular (x̂ = ±1), which breaks central differences:
+    the default batch grows until every batchnorm, blocks included, sees at least 8 values per feature."""
+    from nntrain.tools.gradcheck import default_batch_size
+
+    model = build_model(spec, input_shape, seed=0, dtype=np.float64)
+    assert default_batch_size(model) == batch
+
+
+def test_gradcheck_config_uses_the_default_batch_and_passes_with_a_flat_batchnorm():
+    """An MLP with a batchnorm on its hidden features: checked on 8 samples (not 2), and it passes."""
+    spec = [{"type": "flatten"}, {"type": "linear", "out_features": 5}, {"type": "batchnorm"}, {"type": "relu"},
+            {"type": "linear", "out_features": 10}]
+    rows = gradcheck_config({"seed": 0, "data": {"dataset": "mnist"}, "model": spec}, samples=5)
+    assert rows[0].name == "input" and rows[0].size == 8 * 28 * 28
+    assert not gradcheck_failed(rows)
+    assert gradcheck_config({"seed": 0, "data": {"dataset": "mnist"}, "model": spec}, samples=5,
+                            batch_size=3)[0].size == 3 * 28 * 28
