@@ -18,6 +18,10 @@ class BatchNorm(Layer):
     the running variance taking the unbiased σ²·M/(M-1) as PyTorch does. Eval: μ, σ² = running stats.
     Backward (train): dx = γ/(M·√(σ²+eps)) · (M·g - Σg - x̂·Σ(g·x̂)); dγ = Σ g·x̂, dβ = Σ g.
 
+    Passes over the data, each a read or a write of the whole array: forward 5 (the mean; xc = x - μ;
+    σ² = Σ xc² by einsum, no squares array; y = xc·γ/√(σ²+eps) + β in place), where the textbook
+    order with x̂ and (x - μ)² stored takes 10 and one more array; backward 7. Only xc is kept (x̂ is
+    xc/√(σ²+eps), folded into the per-channel factors). Evaluation: y = x·k + (β - μ·k), 3 passes.
     The per-channel sums run in this thread (their order, hence their rounding, never depends on the
     thread count); the element-wise passes are split over the batch across the model's workers, each
     written into an array in the input's memory layout (channels-last stays channels-last).
@@ -50,66 +54,80 @@ class BatchNorm(Layer):
         m = x.size // x.shape[1]
         t = x.dtype.type
         n, per = len(x), x[:1].size
-        xc = np.empty_like(x)   # x - μ, then x̂ in place (order K: x's memory layout)
-        if train:
-            if m < 2:
-                raise ShapeError(f"batchnorm in training needs more than one value per feature, got input "
-                                 f"{x.shape}; use a batch size of at least 2")
-            mean = x.mean(axis=axes, dtype=x.dtype)
-            mb = mean.reshape(bshape)
-            split(self.workers, lambda s: np.subtract(x[s], mb, out=xc[s]), n, per)
-            sq = np.empty_like(xc)
-            split(self.workers, lambda s: np.multiply(xc[s], xc[s], out=sq[s]), n, per)
-            var = np.mean(sq, axis=axes, dtype=x.dtype)
-            del sq
-            mom = self.momentum
-            rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
-            rm *= 1 - mom
-            rm += mom * mean
-            rv *= 1 - mom
-            rv += (mom * m / (m - 1)) * var
-        else:
-            mean, var = self.buffers["running_mean"].astype(x.dtype), self.buffers["running_var"].astype(x.dtype)
-            mb = mean.reshape(bshape)
-            split(self.workers, lambda s: np.subtract(x[s], mb, out=xc[s]), n, per)
+        gamma, beta = self.params["gamma"].astype(x.dtype), self.params["beta"].astype(x.dtype)
+        y = np.empty_like(x)   # order K: x's memory layout
         self._train = train
-        self.invstd = (1 / np.sqrt(var + t(self.eps))).astype(x.dtype)
-        inv = self.invstd.reshape(bshape)
-        gamma, beta = self.params["gamma"].reshape(bshape), self.params["beta"].reshape(bshape)
-        y = np.empty_like(xc)
+        if not train:
+            # running statistics: y = x·(γ/√(σ²+eps)) + (β - μ·γ/√(σ²+eps)), two passes and one array
+            mean, var = self.buffers["running_mean"].astype(x.dtype), self.buffers["running_var"].astype(x.dtype)
+            self.invstd = (1 / np.sqrt(var + t(self.eps))).astype(x.dtype)
+            k = gamma * self.invstd
+            kb, cb = k.reshape(bshape), (beta - mean * k).reshape(bshape)
 
-        def affine(s: slice) -> None:
-            np.multiply(xc[s], inv, out=xc[s])    # x̂
-            np.multiply(xc[s], gamma, out=y[s])
-            np.add(y[s], beta, out=y[s])
+            def affine_eval(s: slice) -> None:
+                np.multiply(x[s], kb, out=y[s])
+                np.add(y[s], cb, out=y[s])
+
+            split(self.workers, affine_eval, n, per)
+            # backward after an evaluation forward (saliency, frozen statistics) rebuilds x - μ from x
+            self.xc, self.x_eval, self.mean_eval = None, x, mean
+            self.axes, self.bshape = axes, bshape
+            return y
+        if m < 2:
+            raise ShapeError(f"batchnorm in training needs more than one value per feature, got input "
+                             f"{x.shape}; use a batch size of at least 2")
+        mean = x.mean(axis=axes, dtype=x.dtype)
+        mb = mean.reshape(bshape)
+        xc = np.empty_like(x)   # x - μ, kept for backward (x̂ = xc/√(σ²+eps) is never stored)
+        split(self.workers, lambda s: np.subtract(x[s], mb, out=xc[s]), n, per)
+        var = _channel_dot(xc, xc) / t(m)
+        mom = self.momentum
+        rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
+        rm *= 1 - mom
+        rm += mom * mean
+        rv *= 1 - mom
+        rv += (mom * m / (m - 1)) * var
+        self.invstd = (1 / np.sqrt(var + t(self.eps))).astype(x.dtype)
+        kb, bb = (gamma * self.invstd).reshape(bshape), beta.reshape(bshape)
+
+        def affine(s: slice) -> None:   # y = xc·γ/√(σ²+eps) + β
+            np.multiply(xc[s], kb, out=y[s])
+            np.add(y[s], bb, out=y[s])
 
         split(self.workers, affine, n, per)
-        self.xhat = xc
+        self.xc, self.x_eval, self.mean_eval = xc, None, None
         self.axes, self.bshape, self.m = axes, bshape, m
         return y
 
     def backward(self, grad: np.ndarray, need_input_grad: bool = True) -> np.ndarray:
-        axes, bshape, xhat = self.axes, self.bshape, self.xhat
+        axes, bshape, inv = self.axes, self.bshape, self.invstd
         n, per = len(grad), grad[:1].size
+        xc = self.xc if self._train else self.x_eval - self.mean_eval.reshape(bshape)
         dbeta = grad.sum(axis=axes)
-        gx = np.empty_like(grad)
-        split(self.workers, lambda s: np.multiply(grad[s], xhat[s], out=gx[s]), n, per)
-        dgamma = gx.sum(axis=axes)
+        dgamma = _channel_dot(grad, xc) * inv          # Σ g·x̂ = Σ g·xc / √(σ²+eps)
         np.copyto(self.grads["beta"], dbeta)
         np.copyto(self.grads["gamma"], dgamma)
-        scale = (self.params["gamma"] * self.invstd).astype(grad.dtype).reshape(bshape)
-        dx = gx   # reused: each piece reads its g·x̂ no more
+        scale = (self.params["gamma"] * inv).astype(grad.dtype).reshape(bshape)
+        dx = np.empty_like(grad)
         if not self._train:   # running statistics are constants: y is affine in x
             split(self.workers, lambda s: np.multiply(grad[s], scale, out=dx[s]), n, per)
             return dx
         mt = grad.dtype.type(1.0 / self.m)
-        a, b = (dbeta * mt).reshape(bshape), (dgamma * mt).reshape(bshape)
+        a, b = (dbeta * mt).reshape(bshape), (dgamma * inv * mt).reshape(bshape)
 
-        def work(s: slice) -> None:   # dx = ((g - Σg/M) - x̂·Σ(g·x̂)/M) · γ/√(σ²+eps)
-            tmp = xhat[s] * b
-            np.subtract(grad[s], a, out=dx[s])
-            np.subtract(dx[s], tmp, out=dx[s])
+        def work(s: slice) -> None:   # dx = (g - Σg/M - xc·Σ(g·x̂)/(M·√(σ²+eps))) · γ/√(σ²+eps)
+            np.multiply(xc[s], b, out=dx[s])
+            np.subtract(grad[s], dx[s], out=dx[s])
+            np.subtract(dx[s], a, out=dx[s])
             np.multiply(dx[s], scale, out=dx[s])
 
         split(self.workers, work, n, per)
         return dx
+
+
+def _channel_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Σ a·b per feature (axis 1) of (N, F) or (N, C, H, W) arrays, in this thread, in one pass
+    without a product array; the dtype of `a`."""
+    if a.ndim == 2:
+        return np.einsum("nf,nf->f", a, b)
+    return np.einsum("nchw,nchw->c", a, b)
