@@ -24,33 +24,30 @@ from bench.datasets import load, normalize
 from bench.workloads import WORKLOADS
 
 
-class BasicBlock(nn.Module):
-    """y = body(x) + shortcut(x): body conv3x3(stride)-BN-ReLU-conv3x3-BN, shortcut the identity or, where
-    the shape changes, conv1x1(stride)-BN; nntrain's `residual` block with the same layers (the ReLU
-    after the add is the next layer of the Sequential, as in the nntrain config)."""
+def conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
+    """conv3x3(padding 1, no bias)-BN-ReLU."""
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 
-    def __init__(self, cin: int, cout: int, stride: int):
+
+class Residual(nn.Module):
+    """y = x + body(x), body conv3x3-BN-ReLU-conv3x3-BN-ReLU: nntrain's `residual` block with an
+    identity shortcut."""
+
+    def __init__(self, c: int):
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
-            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout))
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+        self.body = nn.Sequential(*conv_bn_relu(c, c), *conv_bn_relu(c, c))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x) + self.shortcut(x)
+        return x + self.body(x)
 
 
 def cifar_resnet() -> nn.Module:
-    """conv3x3(32)-BN-ReLU, 2 basic blocks (each followed by a ReLU) at 32, 64 and 128 channels, the
-    first of the last two stages with stride 2, global average pool, fc10: bench/configs/cifar-resnet.yaml."""
-    layers: list[nn.Module] = [nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU()]
-    cin = 32
-    for cout, stride in ((32, 1), (32, 1), (64, 2), (64, 1), (128, 2), (128, 1)):
-        layers += [BasicBlock(cin, cout, stride), nn.ReLU()]
-        cin = cout
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10))
+    """ResNet-9 at half width, as bench/configs/cifar-resnet.yaml: conv(32), conv(64)-pool, res(64),
+    conv(128)-pool, conv(256)-pool, res(256), global max pool, BN, fc10."""
+    return nn.Sequential(
+        *conv_bn_relu(3, 32), *conv_bn_relu(32, 64), nn.MaxPool2d(2), Residual(64),
+        *conv_bn_relu(64, 128), nn.MaxPool2d(2), *conv_bn_relu(128, 256), nn.MaxPool2d(2), Residual(256),
+        nn.MaxPool2d(4), nn.Flatten(), nn.BatchNorm1d(256), nn.Linear(256, 10))
 
 
 def build_net(name: str) -> nn.Module:

@@ -34,8 +34,8 @@ WORKLOADS: dict[str, Workload] = {
                  "conv3x3(32,p1)-ReLU-maxpool2 - conv3x3(64,p1)-ReLU-maxpool2 - fc128-ReLU-fc10"),
         Workload("cifar-cnn", "cifar10", 128, 0.05,
                  "[conv3x3(32)-ReLU]x2-pool - [conv3x3(64)-ReLU]x2-pool - fc256-ReLU-fc10"),
-        Workload("cifar-resnet", "cifar10", 128, 0.05,
-                 "conv3x3(32)-BN-ReLU - 2 basic blocks each at 32, 64, 128 channels (stride-2 conv1x1-BN "
-                 "projection shortcuts) - global avgpool - fc10"),
+        Workload("cifar-resnet", "cifar10", 256, 0.05,
+                 "ResNet-9 at half width: conv3x3(32)-BN-ReLU - conv3x3(64)-pool - res(64) - conv3x3(128)-pool "
+                 "- conv3x3(256)-pool - res(256) - global maxpool - BN - fc10 (each conv followed by BN-ReLU)"),
     )
 }

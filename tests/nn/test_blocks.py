@@ -515,7 +515,7 @@ def test_bench_cifar_resnet_is_the_same_net_in_both_frameworks(monkeypatch):
     model = build_model(model_spec, (3, 32, 32), seed=0, dtype=np.float64)
     net = build_net("cifar-resnet").double()
     ours, theirs = list(model.parameters()), list(net.parameters())
-    assert model.num_params() == sum(p.numel() for p in theirs) == 696_618
+    assert model.num_params() == sum(p.numel() for p in theirs) == 1_646_634
     assert len(ours) == len(theirs)
     with torch.no_grad():
         for (name, p, _), t in zip(ours, theirs):
