@@ -21,7 +21,7 @@ class BatchNorm(Layer):
     Passes over the data, each a read or a write of the whole array: forward 5 (the mean; xc = x - μ;
     σ² = Σ xc² by einsum, no squares array; y = xc·γ/√(σ²+eps) + β in place), where the textbook
     order with x̂ and (x - μ)² stored takes 10 and one more array; backward 7. Only xc is kept (x̂ is
-    xc/√(σ²+eps), folded into the per-channel factors). Evaluation: y = x·k + (β - μ·k), 3 passes.
+    xc/√(σ²+eps), folded into the per-channel factors). Evaluation: y = x·k + (β - μ·k), two operations.
     The per-channel sums run in this thread (their order, hence their rounding, never depends on the
     thread count); the element-wise passes are split over the batch across the model's workers, each
     written into an array in the input's memory layout (channels-last stays channels-last).
@@ -58,7 +58,7 @@ class BatchNorm(Layer):
         y = np.empty_like(x)   # order K: x's memory layout
         self._train = train
         if not train:
-            # running statistics: y = x·(γ/√(σ²+eps)) + (β - μ·γ/√(σ²+eps)), two passes and one array
+            # running statistics: y = x·(γ/√(σ²+eps)) + (β - μ·γ/√(σ²+eps)), one array
             mean, var = self.buffers["running_mean"].astype(x.dtype), self.buffers["running_var"].astype(x.dtype)
             self.invstd = (1 / np.sqrt(var + t(self.eps))).astype(x.dtype)
             k = gamma * self.invstd
