@@ -85,7 +85,10 @@ def _torch_clip(torch, spec, tensors):
     return norm
 
 
-@pytest.mark.parametrize("dtype,rtol,atol", [(np.float64, 1e-12, 1e-14), (np.float32, 1e-6, 1e-6)])
+# float64 is the exact check; float32 agrees to its rounding, which grows over the 24 steps and which
+# torch's kernels leave to the machine's SIMD width (centered RMSprop's sqrt(v - avg^2) differed by
+# 1.1e-6 on -0.06, 1.9e-5 relative, on an AVX-512 Xeon; it agreed to 1e-6 on AVX2 machines).
+@pytest.mark.parametrize("dtype,rtol,atol", [(np.float64, 1e-12, 1e-14), (np.float32, 1e-5, 1e-5)])
 @pytest.mark.parametrize("spec", CASES, ids=_ids)
 def test_matches_torch(spec, dtype, rtol, atol):
     torch = pytest.importorskip("torch")
