@@ -14,6 +14,7 @@ from nntrain.errors import ConfigError
 from nntrain.nn.layers import LAYERS
 from nntrain.nn.layers.base import Layer, Shape
 from nntrain.nn.layers.blocks import Block, Step, backward_calls, plan_steps
+from nntrain.nn.fused import Stage, compile_chain, run_chain
 from nntrain.nn.parallel import Workers
 from nntrain.rng import stream
 from nntrain.tables import format_table, rule_for
@@ -41,6 +42,7 @@ class Model:
         for layer in self.layers:
             layer.workers = self.workers
         self.plan: list[Step] = plan_steps(self.layers)
+        self.stages: list[Stage] = compile_chain(self.layers)
         self.input_shape = tuple(input_shape)
         self.dtype = np.dtype(dtype)
         self.rng = rng
@@ -52,10 +54,18 @@ class Model:
         self.output_shape = shape
 
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
-        """x: (N, *input_shape) -> (N, *output_shape), running the layers step by step as `plan` says."""
+        """x: (N, *input_shape) -> (N, *output_shape). Training runs the layers step by step as `plan`
+        says; evaluation runs the fused stages of nntrain.nn.fused (conv, batchnorm, relu and max-pool in
+        one pass per chunk), which agree with `forward_layers` up to rounding."""
+        if not train:
+            return run_chain(self.stages, x)
+        return self.forward_layers(x, train)
+
+    def forward_layers(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+        """The layer-by-layer forward (the reference the fused evaluation forward is tested against)."""
         for step in self.plan:
             for k in step.layers:
-                x = self.layers[k].forward(x, train)
+                x = self.layers[k].forward_layers(x, train)
         return x
 
     def backward_calls(self, need_input_grad: bool = True) -> list[tuple[int, bool]]:

@@ -106,6 +106,11 @@ class Layer(Configurable):
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         raise NotImplementedError
 
+    def forward_layers(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+        """forward without the fused evaluation stages of nntrain.nn.fused, the reference they are tested
+        against: forward itself for a plain layer; a block runs its children this way."""
+        return self.forward(x, train)
+
     def backward(self, grad: np.ndarray, need_input_grad: bool = True) -> np.ndarray | None:
         """grad: dL/dy -> dL/dx; fills `grads`. need_input_grad=False (nobody uses dx, as for a first
         layer in training) lets a layer skip the dx work and return None; most ignore it."""

@@ -24,6 +24,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from nntrain.errors import ConfigError, ShapeError
+from nntrain.nn import fused   # the module, used at call time (it imports the layer modules itself)
 from nntrain.nn.layers.base import LAYERS, Layer, Option, Shape
 from nntrain.nn.layers.conv import conv_output_size
 from nntrain.nn.parallel import split
@@ -85,7 +86,7 @@ def chain_forward(layers: Sequence[Layer], plan: Sequence[Step], x: np.ndarray, 
     """x through `layers` in the order `plan` says (x itself for an empty chain)."""
     for step in plan:
         for k in step.layers:
-            x = layers[k].forward(x, train)
+            x = layers[k].forward_layers(x, train)
     return x
 
 
@@ -195,6 +196,7 @@ class Block(Layer):
                 shape = layer.build(shape, self.dtype, init_rng, self.rng)
                 shapes.append(tuple(shape))
             self.child_shapes[name] = shapes
+        self.stages = {name: fused.compile_chain(layers) for name, layers in self.branches.items()}
         for prefix, layer in self.children():
             for key, p in layer.params.items():
                 self.params[f"{prefix}.{key}"] = p
@@ -305,6 +307,12 @@ class Residual(Block):
         return super().flops(input_shape) + int(np.prod(self.output_shape(input_shape)))   # the add
 
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+        if train:
+            return self.forward_layers(x, train)
+        self._ready = False   # evaluation: the branches' fused stages (nntrain.nn.fused)
+        return self._add(fused.run_chain(self.stages["body"], x), fused.run_chain(self.stages["shortcut"], x))
+
+    def forward_layers(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         h = chain_forward(self.branches["body"], self.plans["body"], x, train)
         s = chain_forward(self.branches["shortcut"], self.plans["shortcut"], x, train)
         self._ready = train

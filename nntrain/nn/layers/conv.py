@@ -206,14 +206,16 @@ class Conv2D(Layer):
             self._xp = xp
         return xp
 
-    def _columns(self, xp: np.ndarray, s: slice, out_hw: tuple[int, int], slot: int) -> np.ndarray:
+    def _columns(self, xp: np.ndarray, s: slice, out_hw: tuple[int, int], slot: int,
+                 ones: bool | None = None) -> np.ndarray:
         """Columns of samples s of the padded input, in thread slot `slot`'s buffer.
 
         Channels-last: (S·OH·OW, kh·kw·C [+1]), each row a receptive field as contiguous runs of C channels.
         Planar (few channels): (kh·kw·C [+1], S·OH·OW); one column row would be only C floats wide, so each
         kernel offset is instead copied as a whole plane (much faster for C=1).
         With a bias the columns get one more entry that is always 1 and Wm one more row, b: the GEMM
-        then adds the bias (saving a separate pass over y) and the dW GEMM yields db = Σ g.
+        then adds the bias (saving a separate pass over y) and the dW GEMM yields db = Σ g. `ones`
+        overrides whether that entry is there (None: when the layer has a bias).
         Figures for both: bench/results/kernels.md.
         """
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
@@ -222,7 +224,8 @@ class Conv2D(Layer):
         c = xp.shape[0] if planar else xp.shape[3]
         k = kh * kw * c
         rows = (s.stop - s.start) * oh * ow
-        kb = k + (1 if self.bias else 0)
+        ones = self.bias if ones is None else ones
+        kb = k + (1 if ones else 0)
         cols = self._scratch.buffer("cols", slot, (kb, rows) if planar else (rows, kb), xp.dtype)
         if planar:
             planes = cols[:k].reshape(kh, kw, c, s.stop - s.start, oh, ow)
@@ -232,7 +235,7 @@ class Conv2D(Layer):
         else:
             np.copyto(cols[:, :k].reshape(s.stop - s.start, oh, ow, kh, kw, c),
                       window_view(xp[s], (kh, kw), (sh, sw), out_hw))
-        if self.bias:   # the constant-1 entry (cheap: one row or column of the chunk)
+        if ones:   # the constant-1 entry (cheap: one row or column of the chunk)
             (cols[k] if planar else cols[:, k]).fill(1)
         return cols
 

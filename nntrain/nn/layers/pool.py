@@ -191,39 +191,16 @@ class MaxPool2D(_Pool2D):
         return y
 
     def _tiled_max(self, x: np.ndarray) -> np.ndarray:
-        """Evaluation forward for windows that tile channels-last x exactly: the max over the kh window
-        rows first, then over the kw columns.
-
-        With x as (N, OH, kh, OW·kw·C) memory, each window row a is one long contiguous run per output row,
-        so the first pass (kh-1 maxima) runs over long rows and shrinks the data kh-fold before the second,
-        whose runs are only C long; the offset-by-offset path of `forward` pays that short-run cost on all
-        kh·kw offsets (figures: bench/results/kernels.md). The max of a set does not depend on the order
-        it is taken in, so the result equals that path's (NaN propagates in both).
-        """
+        """Evaluation forward for windows that tile channels-last x exactly: `tiled_max` over pieces of the
+        batch. The max of a set does not depend on the order it is taken in, so the result equals the
+        offset-by-offset path's (NaN propagates in both)."""
         n, c, h, w = x.shape
         (kh, kw) = self.kernel_size
         oh, ow = h // kh, w // kw
-        rows = x.transpose(0, 2, 3, 1).reshape(n, oh, kh, ow * kw * c)
+        xl = x.transpose(0, 2, 3, 1)
         y = np.empty((n, oh, ow, c), dtype=x.dtype)
-        tmp = np.empty((n, oh, ow * kw * c), dtype=x.dtype) if kw > 1 else None
-
-        def work(s: slice) -> None:
-            r, ys = rows[s], y[s]
-            m = tmp[s] if tmp is not None else ys.reshape(len(ys), oh, ow * c)
-            if kh == 1:
-                np.copyto(m, r[:, :, 0])
-            else:
-                np.maximum(r[:, :, 0], r[:, :, 1], out=m)
-            for a in range(2, kh):
-                np.maximum(m, r[:, :, a], out=m)
-            if tmp is None:
-                return
-            cols = m.reshape(len(m), oh, ow, kw, c)
-            np.maximum(cols[:, :, :, 0], cols[:, :, :, 1], out=ys)
-            for b in range(2, kw):
-                np.maximum(ys, cols[:, :, :, b], out=ys)
-
-        split(self.workers, work, n, c * h * w)
+        tmp = np.empty((n, oh, ow * kw * c), dtype=x.dtype)
+        split(self.workers, lambda s: tiled_max(xl[s], self.kernel_size, y[s], tmp[s]), n, c * h * w)
         return y.transpose(0, 3, 1, 2)
 
     def backward(self, grad: np.ndarray, need_input_grad: bool = True) -> np.ndarray:
@@ -294,3 +271,30 @@ class GlobalAvgPool(Layer):
         scale = grad.dtype.type(1.0 / (h * w))
         split(self.workers, lambda s: np.multiply(grad[s, :, None, None], scale, out=dx[s]), n, c * h * w)
         return dx
+
+
+def tiled_max(x: np.ndarray, kernel: tuple[int, int], out: np.ndarray, rows: np.ndarray) -> None:
+    """out (S, OH, OW, C) = the max over the (kh, kw) windows that tile channels-last x (S, H, W, C)
+    exactly (H = OH·kh, W = OW·kw, contiguous); `rows` (S, OH, OW·kw·C) is scratch.
+
+    With x as (S, OH, kh, OW·kw·C) memory, each window row a is one long contiguous run per output row,
+    so the first pass (kh-1 maxima) runs over long rows and shrinks the data kh-fold before the second,
+    whose runs are only C long; taking the kh·kw offsets one by one pays that short-run cost on all of
+    them (figures: bench/results/kernels.md)."""
+    s, h, w, c = x.shape
+    kh, kw = kernel
+    oh, ow = h // kh, w // kw
+    r = x.reshape(s, oh, kh, ow * kw * c)
+    m = rows if kw > 1 else out.reshape(s, oh, ow * c)
+    if kh == 1:
+        np.copyto(m, r[:, :, 0])
+    else:
+        np.maximum(r[:, :, 0], r[:, :, 1], out=m)
+    for a in range(2, kh):
+        np.maximum(m, r[:, :, a], out=m)
+    if kw == 1:
+        return
+    cols = m.reshape(s, oh, ow, kw, c)
+    np.maximum(cols[:, :, :, 0], cols[:, :, :, 1], out=out)
+    for b in range(2, kw):
+        np.maximum(out, cols[:, :, :, b], out=out)
