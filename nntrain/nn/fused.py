@@ -79,7 +79,7 @@ class ConvStage:
         y = np.empty((n, oh // qh, ow // qw, o), dtype=wm.dtype)
         m = oh * ow
         per = samples_per_chunk(n, m * wm.shape[0] * x.dtype.itemsize)
-        planar, scratch = conv._planar, conv._scratch
+        planar, scratch = conv._planar, conv.scratch
         hp, wp = h + 2 * ph, w + 2 * pw
 
         def work(s: slice, slot: int) -> None:

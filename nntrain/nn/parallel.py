@@ -25,6 +25,8 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
+import numpy as np
+
 from nntrain.nn.blas import Blas, find_blas
 
 # A piece smaller than this many array elements is not worth a thread hand-off (its cost: bench/results/kernels.md).
@@ -46,6 +48,40 @@ def blas_threads() -> int:
 def _shutdown(executor: ThreadPoolExecutor | None) -> None:
     if executor is not None:
         executor.shutdown(wait=False)
+
+
+class Scratch:
+    """Per-thread-slot scratch arrays reused across chunks, batches and layers (conv's columns and col2im
+    products), so the hot loop allocates nothing once the shapes are known. A model's layers run one at a
+    time and a slot is used by one thread at a time, so one Scratch (its Workers') serves them all: the
+    buffers are as large as the largest layer needs, not the sum over layers."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[tuple, np.ndarray] = {}
+
+    def __contains__(self, key: tuple) -> bool:
+        """(name, slot) has an array (of any shape)."""
+        return any(k[:2] == tuple(key) for k in self._arrays)
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        return self._arrays[key]
+
+    def buffer(self, name: str, slot: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """Array `name` of thread slot `slot`, at least `shape` large (contents undefined)."""
+        size = int(np.prod(shape))
+        buf = self._arrays.get((name, slot))
+        if buf is None or buf.size < size or buf.dtype != dtype:
+            buf = self._arrays[(name, slot)] = np.empty(size, dtype=dtype)
+        return buf[:size].reshape(shape)
+
+    def zero_bordered(self, name: str, slot: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """Array `name` of slot `slot` of exactly `shape` and dtype, zeros where it was never written (the
+        border of a padded chunk, which only its interior is written over): one per shape, made once."""
+        key = (name, slot, tuple(shape), np.dtype(dtype).str)
+        buf = self._arrays.get(key)
+        if buf is None:
+            buf = self._arrays[key] = np.zeros(shape, dtype=dtype)
+        return buf
 
 
 class _Job:
@@ -97,6 +133,7 @@ class Workers:
         self._executor: ThreadPoolExecutor | None = None
         self._blas: Blas | None | bool = False   # False: not looked up yet
         self._finalizer = weakref.finalize(self, _shutdown, None)
+        self.scratch = Scratch()   # per-slot buffers of the layers that use these workers
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:

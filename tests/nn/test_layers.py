@@ -123,7 +123,7 @@ def test_conv2d_input_gradient_paths_match_loop_reference(monkeypatch, kernel, s
     rdx, rdw, _ = reference.conv2d_backward(x, layer.params["W"], g, layer.stride, layer.padding)
     np.testing.assert_allclose(dx, rdx, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(layer.grads["W"], rdw, rtol=1e-10, atol=1e-12)
-    assert (("padded_grad", 0) in layer._scratch) == transposed
+    assert (("padded_grad", 0) in layer.scratch) == transposed
 
 
 @settings(max_examples=12, deadline=None)
@@ -610,6 +610,41 @@ EVAL_SPECS = [
 ]
 
 
+@pytest.mark.parametrize("spec, shape, kept", [
+    ({"type": "conv2d", "out_channels": 3, "kernel_size": 3, "padding": 1}, (2, 6, 5), "_saved"),
+    ({"type": "conv2d", "out_channels": 3, "kernel_size": 3, "padding": 1}, (6, 6, 5), "_saved"),
+    ({"type": "batchnorm"}, (3, 4, 5), "xc"),
+    ({"type": "batchnorm"}, (7,), "xc"),
+])
+def test_backward_lets_go_of_the_batch(spec, shape, kept):
+    """The large arrays a training forward keeps (a conv's padded input, a batchnorm's x - mu) are dropped
+    by backward, so that no batch-sized array lives on between steps; a second backward then raises,
+    and the next forward/backward works as before."""
+    layer = make(spec, shape, np.float32)
+    x = np.random.default_rng(0).standard_normal((4, *shape)).astype(np.float32)
+    y = layer.forward(x, train=True)
+    assert getattr(layer, kept) is not None
+    dx = layer.backward(np.ones_like(y))
+    assert getattr(layer, kept) is None
+    with pytest.raises(RuntimeError, match="train=True"):
+        layer.backward(np.ones_like(y))
+    layer.forward(x, train=True)
+    np.testing.assert_array_equal(layer.backward(np.ones_like(y)), dx)
+
+
+@pytest.mark.parametrize("planar", [True, False])
+def test_conv_padded_buffer_has_a_zero_border_and_takes_the_interior(planar):
+    from nntrain.nn.layers.conv import zero_border
+    xp = np.full((2, 3, 7, 6), np.nan, dtype=np.float32)
+    zero_border(xp, (2, 1), (2, 3))
+    assert np.isnan(xp[:, :, 2:5, 1:5]).all()
+    inner = np.zeros_like(xp, dtype=bool)
+    inner[:, :, 2:5, 1:5] = True
+    assert (xp[~inner] == 0).all()
+    layer = make({"type": "conv2d", "out_channels": 2, "kernel_size": 3, "padding": (2, 1)}, (1 if planar else 5, 4, 4))
+    assert layer._planar == planar
+
+
 @pytest.mark.parametrize("spec, shape", EVAL_SPECS, ids=lambda v: v["type"] if isinstance(v, dict) else "")
 def test_evaluation_forward_keeps_nothing_for_backward(spec, shape):
     """train=False keeps no masks / indices / saved inputs (backward then raises), and a conv keeps
@@ -726,7 +761,7 @@ def test_conv2d_column_chunks_match_whole_batch(monkeypatch, skip, channels):
         for _ in range(2):   # second pass reuses the buffers
             y = layer.forward(x, train=True)
             dx = layer.backward(g, need_input_grad=not skip)
-        assert layer._scratch[("cols", 0)].size == per * 72 * (9 * channels + 1)
+        assert layer.scratch[("cols", 0)].size == per * 72 * (9 * channels + 1)
         results.append((y, dx, layer.grads["W"].copy(), layer.grads["b"].copy()))
     (y0, dx0, w0, b0), (y1, dx1, w1, b1) = results
     np.testing.assert_array_equal(y0, y1)

@@ -44,7 +44,9 @@ class Layer(Configurable):
       input, as flatten's reshape), never a layer's reused internal buffer, so a caller may keep
       a result across later calls. Internal scratch (conv's padded input, column matrix and col2im
       products) is reused across batches of one shape and never handed out.
-    - forward(x, train=True) keeps what backward needs (masks, indices, saved inputs/columns);
+    - forward(x, train=True) keeps what backward needs (masks, indices, saved inputs/columns); the
+      large arrays among them (a conv's padded input, a batchnorm's x - μ) are let go by backward, so
+      that between steps no batch-sized array stays alive and a second backward raises;
       forward(x, train=False) keeps none of it (and no buffers sized for evaluation batches), so
       backward after an evaluation forward raises RuntimeError.
     - `workers` (a nntrain.nn.parallel.Workers, set by the Model; None: one thread) splits element-wise

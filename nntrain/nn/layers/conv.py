@@ -13,7 +13,9 @@ Work goes chunk by chunk (a few samples, ~4 MB of columns, still in cache for th
 spread over the model's `workers`, each on one BLAS thread (see CHUNK_BYTES). Backward rebuilds a
 chunk's columns from the kept padded input: dW is one GEMM per chunk, summed in chunk order; dx is
 one batched GEMM per kernel offset followed by kh·kw whole-array adds (col2im); no Python loop over
-pixels or channels. Buffers (xp, per-thread columns and col2im products) are reused across batches.
+pixels or channels. xp is made per forward (only its border zeroed) and let go by backward; the
+per-thread columns and col2im products live in the model's Scratch (nntrain.nn.parallel), reused
+across chunks, batches and layers.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from numpy.lib.stride_tricks import as_strided
 from nntrain.errors import ShapeError
 from nntrain.nn.initializers import initialize
 from nntrain.nn.layers.base import LAYERS, Layer, Option, Shape, require_shape, weight_options
-from nntrain.nn.parallel import chunks
+from nntrain.nn.parallel import Scratch, chunks
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -109,36 +111,6 @@ def col2im(d: np.ndarray, dx: np.ndarray, kernel: Sequence[int], stride: Sequenc
                 dx[:, dst_i, dst_j, :] += d[a, b, :, src_i, src_j, :]
 
 
-class Scratch:
-    """Per-thread-slot scratch arrays reused across chunks and batches (conv's columns and col2im
-    products), so the hot loop allocates nothing once the shapes are known."""
-
-    def __init__(self) -> None:
-        self._arrays: dict[tuple, np.ndarray] = {}
-
-    def __contains__(self, key: tuple) -> bool:
-        return key in self._arrays
-
-    def __getitem__(self, key: tuple) -> np.ndarray:
-        return self._arrays[key]
-
-    def buffer(self, name: str, slot: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """Array `name` of thread slot `slot`, at least `shape` large (contents undefined)."""
-        size = int(np.prod(shape))
-        buf = self._arrays.get((name, slot))
-        if buf is None or buf.size < size or buf.dtype != dtype:
-            buf = self._arrays[(name, slot)] = np.empty(size, dtype=dtype)
-        return buf[:size].reshape(shape)
-
-    def zero_bordered(self, name: str, slot: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """Array `name` of slot `slot` of exactly `shape`, zeros where it was never written (the border
-        that backward's padded gradient leaves alone); made anew only when shape or dtype change."""
-        buf = self._arrays.get((name, slot))
-        if buf is None or buf.shape != shape or buf.dtype != dtype:
-            buf = self._arrays[(name, slot)] = np.zeros(shape, dtype=dtype)
-        return buf
-
-
 def samples_per_chunk(n: int, sample_bytes: int) -> int:
     """Samples per column chunk for a batch of n whose columns take sample_bytes per sample: at most
     CHUNK_BYTES of columns, at least SHARE_CHUNKS chunks for a large batch, and chunks of (nearly)
@@ -151,6 +123,16 @@ def samples_per_chunk(n: int, sample_bytes: int) -> int:
     most = max(1, min(n, most))
     count = -(-n // most)
     return max(1, -(-n // count)) if n else 1
+
+
+def zero_border(xp: np.ndarray, padding: Sequence[int], axes: tuple[int, int]) -> None:
+    """Zero the `padding` (ph, pw) wide border of xp along its (height, width) `axes`, not the interior."""
+    for axis, p in zip(axes, padding):
+        if p:
+            index = [slice(None)] * xp.ndim
+            for part in (slice(0, p), slice(xp.shape[axis] - p, None)):
+                index[axis] = part
+                xp[tuple(index)] = 0
 
 
 @LAYERS.register("conv2d")
@@ -188,22 +170,23 @@ class Conv2D(Layer):
         if self.bias:
             self.add_param("b", np.zeros(o))
         self._planar = c <= PLANAR_MAX_CHANNELS   # column layout, see _columns
-        self._xp: np.ndarray | None = None   # padded input, reused across batches of one shape
-        self._scratch = Scratch()   # per-thread column and col2im buffers
+        self._own_scratch = Scratch()   # used only without a model's workers (see `scratch`)
 
-    def _padded(self, x: np.ndarray, planar: bool, train: bool) -> np.ndarray:
-        """A zero-bordered buffer for x padded: (C, N, Hp, Wp) planar, else (N, Hp, Wp, C); only its interior
-        is ever written. Training keeps it (for backward, and for the next batch of the same shape); an
-        evaluation forward uses the kept one when the shape matches, else a temporary, so that buffers for
-        large evaluation batches do not stay alive during training."""
+    @property
+    def scratch(self) -> Scratch:
+        """Per-thread column and col2im buffers: the model's (its workers', shared by all its layers, which
+        run one at a time), else the layer's own."""
+        return self.workers.scratch if self.workers is not None else self._own_scratch
+
+    def _padded(self, x: np.ndarray, planar: bool) -> np.ndarray:
+        """A buffer for x padded, (C, N, Hp, Wp) planar, else (N, Hp, Wp, C), with its border zeroed and
+        its interior left for the caller to fill. A fresh one per forward: training keeps it until
+        backward is done with it (then drops it, so that between steps no layer holds a batch's arrays)."""
         n, c, h, w = x.shape
         (ph, pw) = self.padding
         shape = (c, n, h + 2 * ph, w + 2 * pw) if planar else (n, h + 2 * ph, w + 2 * pw, c)
-        if self._xp is not None and self._xp.shape == shape and self._xp.dtype == x.dtype:
-            return self._xp
-        xp = np.zeros(shape, dtype=x.dtype)
-        if train:
-            self._xp = xp
+        xp = np.empty(shape, dtype=x.dtype)
+        zero_border(xp, (ph, pw), (2, 3) if planar else (1, 2))
         return xp
 
     def _columns(self, xp: np.ndarray, s: slice, out_hw: tuple[int, int], slot: int,
@@ -226,7 +209,7 @@ class Conv2D(Layer):
         rows = (s.stop - s.start) * oh * ow
         ones = self.bias if ones is None else ones
         kb = k + (1 if ones else 0)
-        cols = self._scratch.buffer("cols", slot, (kb, rows) if planar else (rows, kb), xp.dtype)
+        cols = self.scratch.buffer("cols", slot, (kb, rows) if planar else (rows, kb), xp.dtype)
         if planar:
             planes = cols[:k].reshape(kh, kw, c, s.stop - s.start, oh, ow)
             for a in range(kh):
@@ -244,7 +227,7 @@ class Conv2D(Layer):
         (ph, pw), (kh, kw), (sh, sw) = self.padding, self.kernel_size, self.stride
         oh, ow = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
         planar = self._planar
-        xp = self._padded(x, planar, train)
+        xp = self._padded(x, planar)
         self._saved = (x.shape, xp) if train else None
         # Wm[(a, b, c), o] = W[o, c, a, b], matching the (kh, kw, C) order of a column; then b.
         k = kh * kw * c
@@ -313,17 +296,18 @@ class Conv2D(Layer):
             if skip:
                 return
             if transposed:
-                gp = self._scratch.zero_bordered("padded_grad", slot, (per, oh + 2 * qh, ow + 2 * qw, o),
+                gp = self.scratch.zero_bordered("padded_grad", slot, (per, oh + 2 * qh, ow + 2 * qw, o),
                                                  g.dtype)[:s.stop - s.start]
                 gp[:, qh:qh + oh, qw:qw + ow, :] = gs.reshape(-1, oh, ow, o)
-                gcols = self._scratch.buffer("gcols", slot, (len(gp) * h * w, kh * kw * o), g.dtype)
+                gcols = self.scratch.buffer("gcols", slot, (len(gp) * h * w, kh * kw * o), g.dtype)
                 np.copyto(gcols.reshape(len(gp), h, w, kh, kw, o), window_view(gp, (kh, kw), (1, 1), (h, w)))
                 np.matmul(gcols, wf, out=dx[s].reshape(-1, c))
             else:
-                d = np.matmul(gs, wb, out=self._scratch.buffer("d", slot, (kh * kw, len(gs), c), dx.dtype))
+                d = np.matmul(gs, wb, out=self.scratch.buffer("d", slot, (kh * kw, len(gs), c), dx.dtype))
                 col2im(d, dx[s], self.kernel_size, self.stride, self.padding)
 
         chunks(self.workers, work, n, per)
+        self._saved = None   # the padded input is not needed any more (a second backward raises)
         gw = parts.sum(axis=0)   # zeros for an empty batch
         np.copyto(self.grads["W"], gw[:k].reshape(kh, kw, c, o).transpose(3, 2, 0, 1))
         if self.bias:

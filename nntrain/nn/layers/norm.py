@@ -100,6 +100,8 @@ class BatchNorm(Layer):
         return y
 
     def backward(self, grad: np.ndarray, need_input_grad: bool = True) -> np.ndarray:
+        if getattr(self, "xc", None) is None and getattr(self, "x_eval", None) is None:
+            raise self._no_cache()   # no forward since the last backward, which let go of x - μ
         axes, bshape, inv = self.axes, self.bshape, self.invstd
         n, per = len(grad), grad[:1].size
         xc = self.xc if self._train else self.x_eval - self.mean_eval.reshape(bshape)
@@ -109,6 +111,7 @@ class BatchNorm(Layer):
         np.copyto(self.grads["gamma"], dgamma)
         scale = (self.params["gamma"] * inv).astype(grad.dtype).reshape(bshape)
         dx = np.empty_like(grad)
+        self.xc = self.x_eval = None   # done with them: nothing of this batch stays alive until the next
         if not self._train:   # running statistics are constants: y is affine in x
             split(self.workers, lambda s: np.multiply(grad[s], scale, out=dx[s]), n, per)
             return dx
