@@ -56,6 +56,9 @@ CHAINS = {
     "conv-bn-relu-pool, bias": ([conv(8), BN, RELU, POOL], (4, 10, 6), [["conv2d", "batchnorm", "relu", "maxpool2d"]]),
     "strided conv-bn": ([conv(5, 3, 2, 0), BN], (3, 11, 13), [["conv2d", "batchnorm"]]),
     "padding 2, 5x5": ([conv(4, 5, 1, 2), RELU], (2, 7, 9), [["conv2d", "relu"]]),
+    # channels-last columns, at most 32 outputs, stride 1, even output width: two outputs per GEMM row
+    "pairs, 5x5": ([conv(7, 5, 1, 2), BN, RELU], (6, 7, 10), [["conv2d", "batchnorm", "relu"]]),
+    "pairs, 3x3 then pool": ([conv(32, bias=False), POOL, RELU], (9, 6, 8), [["conv2d", "relu", "maxpool2d"]]),
     "pool that does not tile": ([conv(4), RELU, POOL], (3, 7, 7), [["conv2d", "relu"], ["maxpool2d"]]),
     "3x3 pool": ([conv(4), {"type": "maxpool2d", "kernel_size": 3}, RELU], (2, 9, 6),
                  [["conv2d", "relu", "maxpool2d"]]),
@@ -98,6 +101,21 @@ def test_fused_equals_layer_by_layer(name, batch, dtype):
     # a channels-last (N, C, H, W) view gives the same as contiguous NCHW
     xl = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     np.testing.assert_array_equal(model.forward(xl, train=False), got)
+
+
+def test_pair_weights_give_both_neighbours():
+    """One row of pair columns times the pair weights = the two adjacent outputs of the plain conv."""
+    from nntrain.nn.fused import pair_columns, pair_weights
+    rng = np.random.default_rng(7)
+    wf = rng.standard_normal((3, 2, 4, 5))          # (kh, kw, C, O)
+    xp = rng.standard_normal((2, 5, 7, 4))          # (S, Hp, Wp, C); OH = 3, OW = 6
+    cols = pair_columns(xp, (3, 2), (3, 6), True, np.empty((2 * 3 * 3, 3 * 3 * 4 + 1)))
+    w2 = pair_weights(wf).reshape(-1, 10)
+    y = (cols[:, :-1] @ w2).reshape(2, 3, 6, 5)     # (S, OH, OW, O)
+    want = np.einsum("nijabc,abco->nijo", np.stack([np.stack([xp[:, i:i + 3, j:j + 2] for j in range(6)], 1)
+                                                    for i in range(3)], 1), wf)
+    np.testing.assert_allclose(y, want, rtol=1e-12)
+    assert (cols[:, -1] == 1).all()
 
 
 def test_fused_results_do_not_depend_on_threads():
