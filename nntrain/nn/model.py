@@ -14,7 +14,7 @@ from nntrain.errors import ConfigError
 from nntrain.nn.layers import LAYERS
 from nntrain.nn.layers.base import Layer, Shape
 from nntrain.nn.layers.blocks import Block, Step, backward_calls, plan_steps
-from nntrain.nn.fused import Stage, compile_chain, run_chain
+from nntrain.nn.layers.fused import Stage, compile_chain, run_chain
 from nntrain.nn.parallel import Workers
 from nntrain.rng import stream
 from nntrain.tables import format_table, rule_for
@@ -55,7 +55,7 @@ class Model:
 
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         """x: (N, *input_shape) -> (N, *output_shape). Training runs the layers step by step as `plan`
-        says; evaluation runs the fused stages of nntrain.nn.fused (conv, batchnorm, relu and max-pool in
+        says; evaluation runs the fused stages of nntrain.nn.layers.fused (conv, batchnorm, relu and max-pool in
         one pass per chunk), which agree with `forward_layers` up to rounding."""
         if not train:
             return run_chain(self.stages, x)

@@ -1,4 +1,4 @@
-"""The fused evaluation forward (nntrain.nn.fused): which layers it groups, and that its outputs equal the
+"""The fused evaluation forward (nntrain.nn.layers.fused): which layers it groups, and that its outputs equal the
 layer-by-layer reference (Model.forward_layers) and PyTorch's eval-mode forward: odd sizes, stride 2,
 padding 0-2, one and many input channels (the planar and channels-last columns), batchnorm folded with
 real running statistics, ReLU before or after a tiling max-pool, pools that do not tile (left unfused),
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from nntrain.config import load_config
-from nntrain.nn.fused import ConvStage, LayerStage, compile_chain
+from nntrain.nn.layers.fused import ConvStage, LayerStage, compile_chain
 from nntrain.nn.model import build_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,7 +105,7 @@ def test_fused_equals_layer_by_layer(name, batch, dtype):
 
 def test_pair_weights_give_both_neighbours():
     """One row of pair columns times the pair weights = the two adjacent outputs of the plain conv."""
-    from nntrain.nn.fused import pair_columns, pair_weights
+    from nntrain.nn.layers.fused import pair_columns, pair_weights
     rng = np.random.default_rng(7)
     wf = rng.standard_normal((3, 2, 4, 5))          # (kh, kw, C, O)
     xp = rng.standard_normal((2, 5, 7, 4))          # (S, Hp, Wp, C); OH = 3, OW = 6

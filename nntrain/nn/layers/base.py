@@ -109,7 +109,7 @@ class Layer(Configurable):
         raise NotImplementedError
 
     def forward_layers(self, x: np.ndarray, train: bool = False) -> np.ndarray:
-        """forward without the fused evaluation stages of nntrain.nn.fused, the reference they are tested
+        """forward without the fused evaluation stages of nntrain.nn.layers.fused, the reference they are tested
         against: forward itself for a plain layer; a block runs its children this way."""
         return self.forward(x, train)
 

@@ -24,7 +24,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from nntrain.errors import ConfigError, ShapeError
-from nntrain.nn import fused   # the module, used at call time (it imports the layer modules itself)
+from nntrain.nn.layers import fused   # the module, used at call time (it imports the other layer modules)
 from nntrain.nn.layers.base import LAYERS, Layer, Option, Shape
 from nntrain.nn.layers.conv import conv_output_size
 from nntrain.nn.parallel import split
@@ -309,7 +309,7 @@ class Residual(Block):
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         if train:
             return self.forward_layers(x, train)
-        self._ready = False   # evaluation: the branches' fused stages (nntrain.nn.fused)
+        self._ready = False   # evaluation: the branches' fused stages (nntrain.nn.layers.fused)
         return self._add(fused.run_chain(self.stages["body"], x), fused.run_chain(self.stages["shortcut"], x))
 
     def forward_layers(self, x: np.ndarray, train: bool = False) -> np.ndarray:
