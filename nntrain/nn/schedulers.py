@@ -352,9 +352,10 @@ class OneCycleLR(Scheduler):
             self._phases += [(self.total_steps - 1, peak, final, lo, hi)]
 
     def at(self, step: int) -> tuple[float, float]:
-        """(lr, momentum) after `step` optimizer steps (torch's get_lr at last_epoch = step; past the
-        last step the schedule stays where it ended)."""
-        t = min(step, self.total_steps)
+        """(lr, momentum) after `step` optimizer steps (torch's get_lr at last_epoch = step). From the last
+        step on, the schedule stays where it ended: torch extrapolates its last phase one step further
+        (where linear annealing gives a negative lr, which a checkpoint then holds), then refuses."""
+        t = min(step, self.total_steps - 1)
         start = 0.0
         for i, (end, lr0, lr1, m0, m1) in enumerate(self._phases):
             if t <= end or i == len(self._phases) - 1:

@@ -460,3 +460,16 @@ def test_onecycle_past_its_last_step_stays_at_the_end():
     end = opt.lr
     sched.step_batch()   # a run resumed with a smaller batch size: more steps than planned
     assert opt.lr == end
+
+
+@pytest.mark.parametrize("anneal", ["linear", "cos"])
+def test_onecycle_stays_at_its_final_lr_after_the_last_step(anneal):
+    """After the run's last batch the schedule stays at max_lr/(div_factor·final_div_factor) (torch would
+    extrapolate one step further, to a negative lr when linear), so the last checkpoint's optimizer
+    state loads (its lr must be >= 0)."""
+    spec = {"type": "onecycle", "max_lr": 0.2, "pct_start": 0.25, "anneal_strategy": anneal}
+    opt = _optimizer({"type": "sgd", "lr": 0.2, "momentum": 0.9})
+    _ours_per_batch(spec, opt, epochs=3)
+    assert opt.lr == pytest.approx(0.2 / 25 / 1e4)
+    arrays, meta = opt.state_dict()
+    _optimizer({"type": "sgd", "lr": 0.2, "momentum": 0.9}).load_state_dict(arrays, json.loads(json.dumps(meta)))
