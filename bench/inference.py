@@ -225,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     pin_threads(args.threads)
+    from nntrain.nn.allocator import keep_freed_memory
     from nntrain.tools.timing import gemm_peak
+
+    keep_freed_memory()   # as the `nntrain` command (and so `nntrain eval`) sets it at start
 
     before = load_average()
     peak = gemm_peak(threads=args.threads)
