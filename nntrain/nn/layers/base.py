@@ -42,8 +42,8 @@ class Layer(Configurable):
     - Layers never modify the arrays passed to forward/backward.
     - forward/backward return arrays the caller owns: fresh arrays (or views of the caller's own
       input, as flatten's reshape), never a layer's reused internal buffer, so a caller may keep
-      a result across later calls. Internal scratch (conv's padded input, column matrix and col2im
-      products) is reused across batches of one shape and never handed out.
+      a result across later calls. Internal scratch (conv's column matrices and col2im products, in
+      the model's shared Scratch) is reused across batches and layers and never handed out.
     - forward(x, train=True) keeps what backward needs (masks, indices, saved inputs/columns); the
       large arrays among them (a conv's padded input, a batchnorm's x - μ) are let go by backward, so
       that between steps no batch-sized array stays alive and a second backward raises;

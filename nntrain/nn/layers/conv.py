@@ -189,6 +189,16 @@ class Conv2D(Layer):
         zero_border(xp, (ph, pw), (2, 3) if planar else (1, 2))
         return xp
 
+    def _fill_padded(self, xp: np.ndarray, s: slice, xs: np.ndarray) -> None:
+        """Write samples xs (S, C, H, W) into the interior of samples s of the padded buffer xp (planar
+        (C, N, Hp, Wp) or channels-last (N, Hp, Wp, C), as `_padded` made it)."""
+        (ph, pw) = self.padding
+        h, w = xs.shape[2:]
+        if self._planar:
+            xp[:, s, ph:ph + h, pw:pw + w] = xs.transpose(1, 0, 2, 3)
+        else:
+            xp[s, ph:ph + h, pw:pw + w, :] = channels_last(xs)
+
     def _columns(self, xp: np.ndarray, s: slice, out_hw: tuple[int, int], slot: int,
                  ones: bool | None = None) -> np.ndarray:
         """Columns of samples s of the padded input, in thread slot `slot`'s buffer.
@@ -240,12 +250,9 @@ class Conv2D(Layer):
         y = np.empty((n * m, o), dtype=np.result_type(x, wm))
 
         def work(s: slice, slot: int) -> None:
-            if planar:
-                xp[:, s, ph:ph + h, pw:pw + w] = x[s].transpose(1, 0, 2, 3)
-                cols = self._columns(xp, s, (oh, ow), slot).T
-            else:
-                xp[s, ph:ph + h, pw:pw + w, :] = channels_last(x[s])
-                cols = self._columns(xp, s, (oh, ow), slot)
+            self._fill_padded(xp, s, x[s])
+            cols = self._columns(xp, s, (oh, ow), slot)
+            cols = cols.T if planar else cols
             np.matmul(cols, wm, out=y[s.start * m:s.stop * m])
 
         chunks(self.workers, work, n, samples_per_chunk(n, m * wm.shape[0] * x.dtype.itemsize))

@@ -29,7 +29,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from nntrain.nn.layers.activations import ReLU
 from nntrain.nn.layers.base import Layer
-from nntrain.nn.layers.conv import Conv2D, channels_last, conv_output_size, samples_per_chunk
+from nntrain.nn.layers.conv import Conv2D, conv_output_size, samples_per_chunk
 from nntrain.nn.layers.norm import BatchNorm
 from nntrain.nn.layers.pool import MaxPool2D, tiled_max
 from nntrain.nn.parallel import chunks
@@ -94,12 +94,8 @@ class ConvStage:
         def work(s: slice, slot: int) -> None:
             k = s.stop - s.start
             # a zero-bordered padded buffer per thread, sized for one chunk: only its interior is written
-            if planar:
-                xp = scratch.zero_bordered("eval_xp", slot, (c, per, hp, wp), x.dtype)
-                xp[:, :k, ph:ph + h, pw:pw + w] = x[s].transpose(1, 0, 2, 3)
-            else:
-                xp = scratch.zero_bordered("eval_xp", slot, (per, hp, wp, c), x.dtype)
-                xp[:k, ph:ph + h, pw:pw + w, :] = channels_last(x[s])
+            xp = scratch.zero_bordered("eval_xp", slot, (c, per, hp, wp) if planar else (per, hp, wp, c), x.dtype)
+            conv._fill_padded(xp, slice(0, k), x[s])
             if pairs:
                 cols = pair_columns(xp[:k], (kh, kw), (oh, ow), has_bias,
                                     scratch.buffer("cols", slot, (k * rows, wm.shape[0]), xp.dtype))

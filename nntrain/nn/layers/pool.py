@@ -199,8 +199,9 @@ class MaxPool2D(_Pool2D):
         oh, ow = h // kh, w // kw
         xl = x.transpose(0, 2, 3, 1)
         y = np.empty((n, oh, ow, c), dtype=x.dtype)
-        tmp = np.empty((n, oh, ow * kw * c), dtype=x.dtype)
-        split(self.workers, lambda s: tiled_max(xl[s], self.kernel_size, y[s], tmp[s]), n, c * h * w)
+        tmp = np.empty((n, oh, ow * kw * c), dtype=x.dtype) if kw > 1 else None
+        split(self.workers, lambda s: tiled_max(xl[s], self.kernel_size, y[s], None if tmp is None else tmp[s]),
+              n, c * h * w)
         return y.transpose(0, 3, 1, 2)
 
     def backward(self, grad: np.ndarray, need_input_grad: bool = True) -> np.ndarray:
@@ -273,9 +274,10 @@ class GlobalAvgPool(Layer):
         return dx
 
 
-def tiled_max(x: np.ndarray, kernel: tuple[int, int], out: np.ndarray, rows: np.ndarray) -> None:
+def tiled_max(x: np.ndarray, kernel: tuple[int, int], out: np.ndarray, rows: np.ndarray | None) -> None:
     """out (S, OH, OW, C) = the max over the (kh, kw) windows that tile channels-last x (S, H, W, C)
-    exactly (H = OH·kh, W = OW·kw, contiguous); `rows` (S, OH, OW·kw·C) is scratch.
+    exactly (H = OH·kh, W = OW·kw, contiguous); `rows` (S, OH, OW·kw·C) is scratch (unused, may be None,
+    when kw = 1).
 
     With x as (S, OH, kh, OW·kw·C) memory, each window row a is one long contiguous run per output row,
     so the first pass (kh-1 maxima) runs over long rows and shrinks the data kh-fold before the second,
