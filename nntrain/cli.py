@@ -360,9 +360,12 @@ def _parse_perturb(values: tuple[str, ...]) -> list[tuple[str, list[float]]]:
 @click.option("--allow-other-data", is_flag=True,
               help="Evaluate even on data that are not the ones the run was trained on (another fingerprint "
                    "or other normalisation statistics): a warning instead of a refusal.")
+@click.option("--tta", type=click.Choice(["none", "hflip"]), default=None,   # nntrain.data.tta.TTA_VIEWS
+              help="Test-time augmentation (default: the run's train.tta): hflip averages the predictions of "
+                   "each image and its mirror image.")
 @handle_errors
 def eval_cmd(target: str, split: str, batch_size: int, data_root: str | None, perturb: tuple[str, ...],
-             out: str | None, allow_other_data: bool = False) -> None:
+             out: str | None, allow_other_data: bool = False, tta: str | None = None) -> None:
     """Loss, accuracy, per-class accuracy and confusion matrix of a trained run.
 
     The first line printed names the checkpoint (path, epoch) and the split. Results go to
@@ -377,13 +380,15 @@ def eval_cmd(target: str, split: str, batch_size: int, data_root: str | None, pe
       nntrain eval runs/mnist-cnn-20261125-101500
       nntrain eval runs/mnist-cnn-20261125-101500/checkpoints/best.npz --split val
       nntrain eval runs/mnist-cnn-20261125-101500 --perturb rotate=0,5,10,15,20 --perturb noise=0,0.1,0.2
+      nntrain eval runs/cifar-resnet-20261207-001500 --tta none
     """
     from nntrain.tools.report import evaluate_run, write_results
     from nntrain.training.run_folder import load_run
 
     perturbations = _parse_perturb(perturb)
     run = load_run(target)
-    report = evaluate_run(run, split, batch_size, data_root, perturbations, allow_other_data=allow_other_data)
+    report = evaluate_run(run, split, batch_size, data_root, perturbations, allow_other_data=allow_other_data,
+                          tta=tta)
     click.echo(report.format())
     for path in write_results(report, run, Path(out) if out else run.out_dir, out_given=out is not None):
         click.echo(f"wrote {path}", err=True)

@@ -15,6 +15,7 @@ import re
 from typing import Any, Mapping
 
 from nntrain.data.augment import AUGMENTATIONS
+from nntrain.data.tta import TTA_VIEWS
 from nntrain.data.registry import CONFIGURED, DATASETS, DatasetInfo, data_info
 from nntrain.errors import ConfigError, ConfigErrors, DataError
 from nntrain.nn.layers import LAYERS
@@ -73,6 +74,9 @@ TRAIN_OPTIONS = {
     "batch_size": Option("int", 64, minimum=1, doc="training images per gradient step"),
     "eval_batch_size": Option("int", 256, minimum=1,
                               doc="batch size for validation and test; conv im2col memory grows with it"),
+    "tta": Option("str", "none", choices=TTA_VIEWS,
+                  doc="test-time augmentation in validation, test, eval and predict: hflip averages the class "
+                      "probabilities of each image and its left-right mirror image (not for digits or text)"),
     "checkpoint_monitor": Option("str", None, choices=MONITORS, nullable=True,
                                  doc="metric that picks best.npz; null: early stopping's monitor if there is one, else "
                                      "val_acc (train_acc when val_size is 0)"),

@@ -350,7 +350,8 @@ class Exported:
 
 def run_metadata(run: LoadedRun, output: str) -> dict[str, str]:
     """metadata_props of a run's export: class names (JSON list), dataset, input layout, output, the
-    normalisation the graph applies (JSON, informational), the run's name and nntrain's version."""
+    normalisation the graph applies (JSON, informational), the run's test-time augmentation (which the
+    graph leaves to its user), the run's name and nntrain's version."""
     from nntrain.tools.report import run_class_names
 
     norm = "none" if run.mean is None else json.dumps({"mean": np.asarray(run.mean).tolist(),
@@ -362,6 +363,7 @@ def run_metadata(run: LoadedRun, output: str) -> dict[str, str]:
         "input_shape": json.dumps(list(run.model.input_shape)),
         "output": output,
         "normalisation_in_graph": norm,
+        "test_time_augmentation": str(run.cfg["train"]["tta"]),   # not in the graph: averaged outside it
         "run_name": str(run.cfg.get("name", "")),
         "nntrain_version": _version(),
     }
@@ -380,6 +382,10 @@ def export_run(run: LoadedRun, out: str | Path, opset: int = DEFAULT_OPSET, prob
     output = "probabilities" if probabilities or ends_in_softmax else "logits"
     if probabilities and ends_in_softmax:
         log.info("the model ends in its own softmax (loss.softmax: false): its outputs are the probabilities")
+    if run.cfg["train"]["tta"] != "none":
+        log.warning("the run's evaluation averages test-time augmented views (train.tta: %s); the graph computes "
+                    "one view: average its outputs for the image and its mirror image to get the same "
+                    "predictions", run.cfg["train"]["tta"])
     mean = None if run.mean is None else np.asarray(run.mean, dtype=np.float32)
     std = None if run.std is None else np.asarray(run.std, dtype=np.float32)
     proto = to_onnx(run.model, mean, std, opset=opset, probabilities=probabilities,

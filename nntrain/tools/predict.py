@@ -42,6 +42,7 @@ import numpy as np
 from nntrain.atomic import atomic_write_bytes, make_dir
 from nntrain.data.registry import DATASETS
 from nntrain.errors import DataError
+from nntrain.data.tta import tta_views
 from nntrain.tables import format_table
 from nntrain.tools.report import run_class_names
 from nntrain.training.evaluate import class_probabilities
@@ -337,8 +338,10 @@ def predict_files(run: LoadedRun, paths: Sequence[str | Path], invert: bool | No
     start = 0
     for x, _ in iterate_batches(batch, np.zeros(len(batch), np.int64), 256, mean=run.mean, std=run.std,
                                 dtype=run.model.dtype):
-        z = run.model.forward(x, train=False).astype(np.float64)
-        probs[start:start + len(x)] = class_probabilities(z, logits=run.cfg["loss"].get("softmax", True))
+        views = tta_views(x, run.cfg["train"]["tta"])   # the run's test-time augmentation
+        probs[start:start + len(x)] = sum(
+            class_probabilities(run.model.forward(v, train=False).astype(np.float64),
+                                logits=run.cfg["loss"].get("softmax", True)) for v in views) / len(views)
         start += len(x)
     k = min(top, probs.shape[1])
     out = []

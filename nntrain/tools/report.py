@@ -159,7 +159,7 @@ class EvalReport:
             if ck.batch:
                 out["batch"] = ck.batch
         out.update({"checkpoint_sha256": ck.sha256, "split": self.split, "samples": int(len(ev.labels)),
-                    "loss": ev.loss, "accuracy": ev.accuracy,
+                    "loss": ev.loss, "accuracy": ev.accuracy, "tta": ev.tta,
                     "per_class_accuracy": {n: (None if np.isnan(a) else float(a))
                                            for n, a in zip(self.class_names, per_class)}})
         if self.robustness:
@@ -175,7 +175,9 @@ class EvalReport:
                      for name, acc, total in zip(names, ev.per_class_accuracy(k), cm.sum(axis=1))]
         confusion = [[name, *map(int, row)] for name, row in zip(names, cm)]
         blocks = [f"evaluated {self.checkpoint.describe()} on the {self.split} split\n"
-                  f"{self.split} set: {len(ev.labels)} samples   loss {ev.loss:.4f}   accuracy {ev.accuracy:.4f}",
+                  f"{self.split} set: {len(ev.labels)} samples   loss {ev.loss:.4f}   accuracy {ev.accuracy:.4f}"
+                  + ("" if ev.single_view_accuracy is None else
+                     f" ({ev.tta} test-time augmentation; {ev.single_view_accuracy:.4f} without)"),
                   format_table(["class", "accuracy", "samples"], per_class, align="lrr"),
                   "confusion matrix (rows: true class, columns: predicted)\n"
                   + format_table([""] + [str(i) for i in range(k)], confusion, align="l" + "r" * k)]
@@ -193,7 +195,8 @@ class EvalReport:
 
     def _kept_robustness(self, previous_path: Path) -> dict[str, list[tuple[float, float]]]:
         """The robustness results of the previous evaluation saved in this folder that stay valid: those
-        of kinds not measured now, when it measured the very same checkpoint file (same sha256)."""
+        of kinds not measured now, when it measured the very same checkpoint file (same sha256) with the
+        same test-time augmentation."""
         try:
             previous = json.loads(previous_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
@@ -204,9 +207,10 @@ class EvalReport:
         if not earlier:
             return {}
         same = self.checkpoint.sha256 is not None and previous.get("checkpoint_sha256") == self.checkpoint.sha256
-        if not same:
-            log.info("%s: dropped the robustness results of an earlier eval (%s): the checkpoint changed since",
-                     previous_path.parent, ", ".join(earlier))
+        if not same or previous.get("tta", "none") != self.evaluation.tta:
+            log.info("%s: dropped the robustness results of an earlier eval (%s): %s", previous_path.parent,
+                     ", ".join(earlier), "the checkpoint changed since" if not same else
+                     "it used another test-time augmentation")
             return {}
         kept = {kind: rows for kind, rows in earlier.items() if kind not in self.robustness}
         if kept:
@@ -308,11 +312,13 @@ def run_class_names(run: LoadedRun) -> list[str]:
 
 def evaluate_run(run: LoadedRun, split: str = "test", batch_size: int = 256, data_root: str | None = None,
                  perturbations: Sequence[tuple[str, list[float]]] = (), seed: int = 0,
-                 allow_other_data: bool = False) -> EvalReport:
-    """Evaluate a loaded run on a split, optionally under each perturbation level."""
+                 allow_other_data: bool = False, tta: str | None = None) -> EvalReport:
+    """Evaluate a loaded run on a split, optionally under each perturbation level; `tta` overrides the
+    run's test-time augmentation (train.tta)."""
     images, labels = split_images(run, split, data_root, allow_other_data)
     loss = build_loss(run.cfg["loss"])
-    ev = evaluate(run.model, loss, images, labels, batch_size, run.mean, run.std)
+    tta = run.cfg["train"]["tta"] if tta is None else tta
+    ev = evaluate(run.model, loss, images, labels, batch_size, run.mean, run.std, tta=tta)
     report = EvalReport(split, run_class_names(run), ev, images, CheckpointInfo.of(run))
     for kind, levels in perturbations:
         from nntrain.data.perturb import perturbation
@@ -321,7 +327,7 @@ def evaluate_run(run: LoadedRun, split: str = "test", batch_size: int = 256, dat
         for level in levels:
             rng = stream(seed, "perturb")
             transform = perturbation(kind, level, rng)
-            acc = evaluate(run.model, loss, images, labels, batch_size, run.mean, run.std, transform).accuracy
+            acc = evaluate(run.model, loss, images, labels, batch_size, run.mean, run.std, transform, tta).accuracy
             rows.append((float(level), acc))
         report.robustness[kind] = rows
     return report

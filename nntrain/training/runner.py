@@ -290,7 +290,7 @@ def train(cfg: Mapping[str, Any], run_dir: str | os.PathLike | None = None, *,
             monitor = cfg["train"]["checkpoint_monitor"]
             checkpoints, metrics = Checkpoints(folder, monitor), MetricsLog(folder, monitor)
             trainer = Trainer(parts, data, epochs=cfg["train"]["epochs"], batch_size=cfg["train"]["batch_size"],
-                              eval_batch_size=cfg["train"]["eval_batch_size"],
+                              eval_batch_size=cfg["train"]["eval_batch_size"], tta=cfg["train"]["tta"],
                               callbacks=[*stops, *callbacks, TrainingHealth(folder, cfg["seed"]), checkpoints,
                                          metrics, *logging_callbacks(cfg, folder)], progress=progress,
                               snapshot=lambda t: snapshot(t, cfg))
@@ -415,13 +415,18 @@ def _finish(trainer: Trainer, folder: RunFolder, cfg: Mapping[str, Any], checkpo
     if folder.best.exists() and (es is None or es["restore_best"]):
         p.model.load_state_dict(load_checkpoint(folder.best).params)
         source = "best"
-    ev = evaluate(p.model, p.loss, data.test_x, data.test_y, trainer.eval_batch_size, data.mean, data.std)
+    ev = evaluate(p.model, p.loss, data.test_x, data.test_y, trainer.eval_batch_size, data.mean, data.std,
+                  tta=trainer.tta)
     summary = {"test_loss": ev.loss, "test_acc": ev.accuracy, "checkpoint": f"{source}.npz",
                "best_epoch": best.best_epoch, f"best_{best.metric}": best.best,
                "epochs_trained": trainer.state.epoch, "stopped_early": trainer.state.stopped_early}
+    if ev.single_view_accuracy is not None:
+        summary.update({"tta": ev.tta, "test_acc_single_view": ev.single_view_accuracy})
     atomic_write_text(folder.test, json.dumps(summary, indent=2) + "\n")
-    log.info("test loss %.4f  test accuracy %.4f  (%s checkpoint, epoch %s)", ev.loss, ev.accuracy, source,
-             best.best_epoch if source == "best" else trainer.state.epoch)
+    log.info("test loss %.4f  test accuracy %.4f%s  (%s checkpoint, epoch %s)", ev.loss, ev.accuracy,
+             "" if ev.single_view_accuracy is None else
+             f" with {ev.tta} test-time augmentation, {ev.single_view_accuracy:.4f} without",
+             source, best.best_epoch if source == "best" else trainer.state.epoch)
     write_report_or_warn(folder.path)   # every run has its page: CLI, library and sweep trials alike
     return summary
 

@@ -59,9 +59,10 @@ class Trainer:
 
     def __init__(self, parts: Parts, data: PreparedData, *, epochs: int, batch_size: int, eval_batch_size: int,
                  callbacks: Sequence[Callback] = (), progress: bool | None = None,
-                 snapshot: Callable[[Trainer], Any] | None = None):
+                 snapshot: Callable[[Trainer], Any] | None = None, tta: str = "none"):
         self.parts, self.data = parts, data
         self.epochs, self.batch_size, self.eval_batch_size = epochs, batch_size, eval_batch_size
+        self.tta = tta   # test-time augmentation of the validation (nntrain.data.tta)
         self.callbacks = list(callbacks)
         self.progress = progress
         self.state = RunState()
@@ -140,7 +141,7 @@ class Trainer:
                                "grad_norm": p.optimizer.take_grad_norm()}
         if len(self.data.val_y):
             ev = evaluate(p.model, p.loss, self.data.val_x, self.data.val_y, self.eval_batch_size, self.data.mean,
-                          self.data.std)
+                          self.data.std, tta=self.tta)
             row["val_loss"], row["val_acc"] = ev.loss, ev.accuracy
         row["seconds"] = round(s.sums["seconds"], 3)
         s.history.append(row)

@@ -217,7 +217,7 @@ def test_minimal_config_gets_every_default(tmp_path: Path) -> None:
     assert cfg["optimizer"]["type"] == "sgd" and cfg["optimizer"]["lr"] == 0.5
     assert cfg["optimizer"]["momentum"] == 0.0
     assert cfg["scheduler"] is None
-    assert cfg["train"] == {"epochs": 10, "batch_size": 64, "eval_batch_size": 256,
+    assert cfg["train"] == {"epochs": 10, "batch_size": 64, "eval_batch_size": 256, "tta": "none",
                             "checkpoint_monitor": "val_acc", "early_stopping": None}
 
 

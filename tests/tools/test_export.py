@@ -355,7 +355,7 @@ def test_metadata_holds_class_names_dataset_layout_and_version(rt, trained):
     assert json.loads(meta["class_names"]) == [str(d) for d in range(10)]
     assert meta["dataset"] == "mnist-mini" and meta["input_layout"] == INPUT_LAYOUT == "NCHW, float32 in [0, 1]"
     assert meta["nntrain_version"] == nntrain.__version__ and meta["output"] == "logits"
-    assert json.loads(meta["input_shape"]) == [1, 28, 28]
+    assert json.loads(meta["input_shape"]) == [1, 28, 28] and meta["test_time_augmentation"] == "none"
     assert len(json.loads(meta["normalisation_in_graph"])["mean"]) == 1   # one channel
     assert proto.producer_name == "nntrain" and proto.opset_import[0].version == 17
 
