@@ -160,6 +160,7 @@ class EvalReport:
                 out["batch"] = ck.batch
         out.update({"checkpoint_sha256": ck.sha256, "split": self.split, "samples": int(len(ev.labels)),
                     "loss": ev.loss, "accuracy": ev.accuracy, "tta": ev.tta,
+                    **({} if ev.single_view_accuracy is None else {"single_view_accuracy": ev.single_view_accuracy}),
                     "per_class_accuracy": {n: (None if np.isnan(a) else float(a))
                                            for n, a in zip(self.class_names, per_class)}})
         if self.robustness:

@@ -129,7 +129,8 @@ def _evaluation(folder: RunFolder, where: Path) -> tuple[str, set[tuple[str, byt
         return "", set()
     legacy = where == folder.eval
     name = "eval/metrics.json (an older nntrain's layout)" if legacy else f"eval/{where.name}/"
-    keys = ("checkpoint", "epoch", "split", "samples", "loss", "accuracy")
+    keys = ("checkpoint", "epoch", "split", "samples", "loss", "accuracy",
+            *(k for k in ("tta", "single_view_accuracy") if k in ev))   # test-time augmentation, when recorded
     parts = [f"<h3>{_e(name)}</h3>", table(keys, [[ev.get(k) if not isinstance(ev.get(k), (dict, list)) else ""
                                                    for k in keys]])]
     per_class = ev.get("per_class_accuracy")

@@ -104,6 +104,9 @@ def test_test_json_eval_and_predict_use_the_runs_setting(trained, tmp_path):
         assert ("hflip test-time augmentation" in result.stdout) == (tta == "hflip")
         metrics = json.loads((trained / "eval" / "best-test" / "metrics.json").read_text())
         assert metrics["tta"] == tta and metrics["accuracy"] == pytest.approx(acc)
+        assert metrics.get("single_view_accuracy") == (with_tta.single_view_accuracy if tta == "hflip" else None)
+        page = (trained / "report.html").read_text()
+        assert ("single_view_accuracy" in page) == (tta == "hflip")
 
     paths = []
     for i in range(5):
