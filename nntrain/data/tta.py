@@ -4,7 +4,7 @@ With "hflip" a prediction is the mean of the class probabilities of the image an
 mirror image, p = (p(x) + p(flip(x)))/2, in validation, test, `nntrain eval` and `nntrain predict` alike
 (an exported ONNX graph gives the plain logits). The mirror image is a view the training augmentation
 (horizontal_flip) already showed the model, so the two predictions err partly independently and their
-mean is right more often (the CIFAR-10 ResNet of configs/cifar_resnet.yaml: +0.8 points). Wrong for
+mean is right more often (the CIFAR-10 ResNet of configs/cifar_resnet.yaml: +1.1 points). Wrong for
 inputs whose mirror image means something else (digits, letters).
 """
 
