@@ -15,8 +15,8 @@ import re
 from typing import Any, Mapping
 
 from nntrain.data.augment import AUGMENTATIONS
-from nntrain.data.tta import TTA_VIEWS
 from nntrain.data.registry import CONFIGURED, DATASETS, DatasetInfo, data_info
+from nntrain.data.tta import TTA_VIEWS
 from nntrain.errors import ConfigError, ConfigErrors, DataError
 from nntrain.nn.layers import LAYERS
 from nntrain.nn.layers.blocks import leaves

@@ -41,8 +41,8 @@ import numpy as np
 
 from nntrain.atomic import atomic_write_bytes, make_dir
 from nntrain.data.registry import DATASETS
-from nntrain.errors import DataError
 from nntrain.data.tta import tta_views
+from nntrain.errors import DataError
 from nntrain.tables import format_table
 from nntrain.tools.report import run_class_names
 from nntrain.training.evaluate import class_probabilities
