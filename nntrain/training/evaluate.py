@@ -54,7 +54,7 @@ def evaluate(model: Model, loss: SoftmaxCrossEntropy, images: np.ndarray, labels
     mean of each view's loss."""
     n = len(labels)
     probs = np.empty((n, model.output_shape[0]), dtype=model.dtype)
-    first = np.empty(n, dtype=np.int64)   # the plain view's predictions
+    first = np.empty(n if tta != "none" else 0, dtype=np.int64)   # with TTA: the plain view's predictions
     total = 0.0
     start = 0
     for x, y in iterate_batches(images, labels, batch_size, mean=mean, std=std, transform=transform,
@@ -67,7 +67,8 @@ def evaluate(model: Model, loss: SoftmaxCrossEntropy, images: np.ndarray, labels
             pv = class_probabilities(z, loss.softmax)
             if i == 0:
                 p[...] = pv
-                first[start:start + len(y)] = pv.argmax(axis=1)
+                if len(views) > 1:
+                    first[start:start + len(y)] = pv.argmax(axis=1)
             else:
                 p += pv
         if len(views) > 1:
