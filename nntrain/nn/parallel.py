@@ -19,6 +19,7 @@ the threads down.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import weakref
@@ -68,7 +69,7 @@ class Scratch:
 
     def buffer(self, name: str, slot: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """Array `name` of thread slot `slot`, at least `shape` large (contents undefined)."""
-        size = int(np.prod(shape))
+        size = math.prod(shape)
         buf = self._arrays.get((name, slot))
         if buf is None or buf.size < size or buf.dtype != dtype:
             buf = self._arrays[(name, slot)] = np.empty(size, dtype=dtype)

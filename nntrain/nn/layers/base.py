@@ -14,6 +14,7 @@ import numpy as np
 
 from nntrain.errors import ShapeError
 from nntrain.nn.initializers import INITS
+from nntrain.nn.parallel import Scratch
 from nntrain.options import Option
 from nntrain.registry import Configurable, Registry
 
@@ -45,7 +46,7 @@ class Layer(Configurable):
       a result across later calls. Internal scratch (conv's column matrices and col2im products, in
       the model's shared Scratch) is reused across batches and layers and never handed out.
     - forward(x, train=True) keeps what backward needs (masks, indices, saved inputs/columns); the
-      large arrays among them (a conv's padded input, a batchnorm's x - μ) are let go by backward, so
+      large arrays among them (a conv's padded input, a batchnorm's input) are let go by backward, so
       that between steps no batch-sized array stays alive and a second backward raises;
       forward(x, train=False) keeps none of it (and no buffers sized for evaluation batches), so
       backward after an evaluation forward raises RuntimeError.
@@ -105,6 +106,16 @@ class Layer(Configurable):
         self.grads[name] = np.zeros_like(self.params[name])
 
     # --- computation -----------------------------------------------------------------------------
+    @property
+    def scratch(self) -> Scratch:
+        """Per-thread-slot scratch buffers (conv's columns, batchnorm's chunk copies): the model's (its
+        workers', shared by all its layers, which run one at a time), else the layer's own."""
+        if self.workers is not None:
+            return self.workers.scratch
+        if "_own_scratch" not in self.__dict__:
+            self._own_scratch = Scratch()
+        return self._own_scratch
+
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
         raise NotImplementedError
 

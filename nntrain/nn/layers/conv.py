@@ -28,7 +28,7 @@ from numpy.lib.stride_tricks import as_strided
 from nntrain.errors import ShapeError
 from nntrain.nn.initializers import initialize
 from nntrain.nn.layers.base import LAYERS, Layer, Option, Shape, require_shape, weight_options
-from nntrain.nn.parallel import Scratch, chunks
+from nntrain.nn.parallel import chunks
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -170,13 +170,6 @@ class Conv2D(Layer):
         if self.bias:
             self.add_param("b", np.zeros(o))
         self._planar = c <= PLANAR_MAX_CHANNELS   # column layout, see _columns
-        self._own_scratch = Scratch()   # used only without a model's workers (see `scratch`)
-
-    @property
-    def scratch(self) -> Scratch:
-        """Per-thread column and col2im buffers: the model's (its workers', shared by all its layers, which
-        run one at a time), else the layer's own."""
-        return self.workers.scratch if self.workers is not None else self._own_scratch
 
     def _padded(self, x: np.ndarray, planar: bool) -> np.ndarray:
         """A buffer for x padded, (C, N, Hp, Wp) planar, else (N, Hp, Wp, C), with its border zeroed and
