@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from nntrain.errors import ShapeError
 from nntrain.nn.layers.base import LAYERS, Layer, Option, Shape
-from nntrain.nn.parallel import chunks
+from nntrain.nn.parallel import Workers, chunks
 
 # Elements per chunk (256 KiB of float32). A chunk, its scratch copy and the per-channel tiles stay in a
 # core's L2 cache (2 MB on the machines measured) between the operations done on it, so that only the
@@ -68,7 +70,7 @@ class _Chunked:
         planes = flat.reshape(-1, self.planes)
         return (planes @ self._ones[:self.planes]).reshape(-1, self.c).sum(axis=0)
 
-    def run(self, workers, fn) -> None:
+    def run(self, workers: Workers | None, fn: Callable[[int, int, int, int], None]) -> None:
         """fn(lo, hi, i, slot) for each chunk i, elements lo:hi of the `whole` views, over the workers
         (each thread on one BLAS thread; slot numbers the thread, for its scratch)."""
         size, per = self.sample, self.per
