@@ -126,7 +126,7 @@ class BatchNorm(Layer):
             raise ShapeError(f"batchnorm in training needs more than one value per feature, got input "
                              f"{x.shape}; use a batch size of at least 2")
         if train:
-            mean, var = self._batch_statistics(x, walk)
+            mean, var, mu_t = self._batch_statistics(x, walk)
             mom, m = self.momentum, walk.count
             rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
             rm *= 1 - mom
@@ -135,15 +135,15 @@ class BatchNorm(Layer):
             rv += (mom * m / (m - 1) * var).astype(rv.dtype)
         else:
             mean, var = (self.buffers[k].astype(np.float64) for k in ("running_mean", "running_var"))
+            mu_t = walk.tile(mean, dt)
         invstd = 1 / np.sqrt(var + self.eps)                       # float64 (C,)
         k = self.params["gamma"].astype(np.float64) * invstd
-        mu_t, k_t, b_t = walk.tile(mean, dt), walk.tile(k, dt), walk.tile(self.params["beta"], dt)
+        k_t, b_t = walk.tile(k, dt), walk.tile(self.params["beta"], dt)
         y = np.empty_like(x)   # in x's memory layout
         xw, yw = walk.whole(x), walk.whole(y)
 
         def affine(lo: int, hi: int, i: int, slot: int) -> None:   # y = (x - μ)·k + β
-            t, n = self.scratch.buffer("batchnorm", slot, (hi - lo,), dt), hi - lo
-            np.subtract(xw[lo:hi], mu_t[:n], out=t)
+            t, n = self._centred(xw, mu_t, lo, hi, slot), hi - lo
             t *= k_t[:n]
             t += b_t[:n]
             np.copyto(yw[lo:hi], t)   # worked on in cache, then one plain copy out (measured faster)
@@ -153,21 +153,27 @@ class BatchNorm(Layer):
         self._saved = (x, walk, mean, invstd, train)
         return y
 
-    def _batch_statistics(self, x: np.ndarray, walk: _Chunked) -> tuple[np.ndarray, np.ndarray]:
-        """(μ, σ²) per channel, float64: Σx first, then Σ(x - μ)² (two passes, no cancellation)."""
+    def _centred(self, xw: np.ndarray, mu_t: np.ndarray, lo: int, hi: int, slot: int) -> np.ndarray:
+        """x - μ for elements lo:hi of a `whole` view, in thread slot `slot`'s scratch chunk."""
+        t = self.scratch.buffer("batchnorm", slot, (hi - lo,), xw.dtype)
+        np.subtract(xw[lo:hi], mu_t[:hi - lo], out=t)
+        return t
+
+    def _batch_statistics(self, x: np.ndarray, walk: _Chunked) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(μ, σ²) per channel, float64, and μ tiled: Σx first, then Σ(x - μ)² (two passes, no
+        cancellation)."""
         xw, sums = walk.whole(x), walk.partials(x.dtype)
         walk.run(self.workers, lambda lo, hi, i, slot: np.copyto(sums[0, i], walk.channel_sum(xw[lo:hi])))
         mean = sums[0].sum(axis=0, dtype=np.float64) / walk.count
         mu_t = walk.tile(mean, x.dtype)
 
         def squares(lo: int, hi: int, i: int, slot: int) -> None:
-            t = self.scratch.buffer("batchnorm", slot, (hi - lo,), x.dtype)
-            np.subtract(xw[lo:hi], mu_t[:hi - lo], out=t)
+            t = self._centred(xw, mu_t, lo, hi, slot)
             t *= t
             sums[0, i] = walk.channel_sum(t)
 
         walk.run(self.workers, squares)
-        return mean, sums[0].sum(axis=0, dtype=np.float64) / walk.count
+        return mean, sums[0].sum(axis=0, dtype=np.float64) / walk.count, mu_t
 
     def backward(self, grad: np.ndarray, need_input_grad: bool = True) -> np.ndarray:
         saved = getattr(self, "_saved", None)
@@ -185,8 +191,7 @@ class BatchNorm(Layer):
         def reduce(lo: int, hi: int, i: int, slot: int) -> None:   # Σg and Σ g·(x - μ) of the chunk
             gs = gw[lo:hi]
             sums[0, i] = walk.channel_sum(gs)
-            t = self.scratch.buffer("batchnorm", slot, (hi - lo,), dt)
-            np.subtract(xw[lo:hi], mu_t[:hi - lo], out=t)
+            t = self._centred(xw, mu_t, lo, hi, slot)
             t *= gs
             sums[1, i] = walk.channel_sum(t)
 
@@ -204,8 +209,7 @@ class BatchNorm(Layer):
 
         def input_grad(lo: int, hi: int, i: int, slot: int) -> None:
             # dx = (g - Σg/M - (x - μ)·Σ(g·x̂)/(M·√(σ²+eps)))·γ/√(σ²+eps)
-            t, n = self.scratch.buffer("batchnorm", slot, (hi - lo,), dt), hi - lo
-            np.subtract(xw[lo:hi], mu_t[:n], out=t)
+            t, n = self._centred(xw, mu_t, lo, hi, slot), hi - lo
             t *= b_t[:n]
             np.subtract(gw[lo:hi], t, out=t)
             t -= a_t[:n]
