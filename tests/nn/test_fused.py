@@ -59,6 +59,12 @@ CHAINS = {
     # channels-last columns, at most 32 outputs, stride 1, even output width: two outputs per GEMM row
     "pairs, 5x5": ([conv(7, 5, 1, 2), BN, RELU], (6, 7, 10), [["conv2d", "batchnorm", "relu"]]),
     "pairs, 3x3 then pool": ([conv(32, bias=False), POOL, RELU], (9, 6, 8), [["conv2d", "relu", "maxpool2d"]]),
+    # cifar_resnet's order: the batchnorm after the pool runs on the pooled chunk (not folded into W)
+    "conv-pool-bn-relu": ([conv(6, bias=False), POOL, BN, RELU], (3, 8, 10),
+                          [["conv2d", "maxpool2d", "batchnorm", "relu"]]),
+    "pairs, conv-pool-bn": ([conv(32, bias=False), POOL, BN], (9, 6, 8), [["conv2d", "maxpool2d", "batchnorm"]]),
+    "conv-relu-pool, then bn": ([conv(5), RELU, POOL, BN], (4, 6, 6),
+                                [["conv2d", "relu", "maxpool2d"], ["batchnorm"]]),
     "pool that does not tile": ([conv(4), RELU, POOL], (3, 7, 7), [["conv2d", "relu"], ["maxpool2d"]]),
     "3x3 pool": ([conv(4), {"type": "maxpool2d", "kernel_size": 3}, RELU], (2, 9, 6),
                  [["conv2d", "relu", "maxpool2d"]]),
@@ -101,6 +107,18 @@ def test_fused_equals_layer_by_layer(name, batch, dtype):
     # a channels-last (N, C, H, W) view gives the same as contiguous NCHW
     xl = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     np.testing.assert_array_equal(model.forward(xl, train=False), got)
+
+
+def test_batchnorm_after_the_pool_with_negative_scales():
+    """A batchnorm after the pool with some γ < 0: max then scale is not scale then max, so the
+    stage must apply it to the pooled values (as the layers do), not fold it into the conv."""
+    model = build_model([conv(8, bias=False), POOL, BN, RELU], (5, 6, 6), dtype=np.float64)
+    rng = np.random.default_rng(5)
+    with_statistics(model, rng.standard_normal((6, 5, 6, 6)))
+    model.layers[2].params["gamma"][::2] *= -1
+    x = rng.standard_normal((3, 5, 6, 6))
+    np.testing.assert_allclose(model.forward(x, train=False), model.forward_layers(x, train=False),
+                               **TOL[np.float64])
 
 
 def test_pair_weights_give_both_neighbours():

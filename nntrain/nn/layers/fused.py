@@ -9,6 +9,9 @@ c = β − μ·k, so a convolution followed by one is a single convolution with
 follow it (in that order, each optional), and turns them into one `ConvStage`: chunk by chunk (a few
 samples, the conv's own chunking), the padded input, the columns, one GEMM with W' and b', the 2x2 (or
 any tiling) max over the chunk's output while it is still in cache, and the ReLU on the pooled values.
+A batchnorm after the pool (conv → max-pool → batchnorm → ReLU, the order of cifar_resnet.yaml) cannot
+be folded into W (a channel with k < 0 would turn the max into a min), so it runs as y·k + c on the
+chunk's pooled values, still in cache, before the ReLU.
 The layer-by-layer path reads and writes each full-batch activation once per layer (a conv output of
 cifar-cnn at batch 256 is 32 MB, far beyond the caches); the fused stage writes only the pooled result.
 max(relu(x)) = relu(max(x)), so the ReLU after the pool gives the same values (see plan_steps).
@@ -37,16 +40,20 @@ from nntrain.nn.parallel import chunks
 
 @dataclass
 class ConvStage:
-    """conv2d [→ batchnorm] [→ relu] [→ tiling maxpool2d], evaluated chunk by chunk.
+    """conv2d [→ batchnorm] [→ relu] [→ tiling maxpool2d], or conv2d → tiling maxpool2d [→ batchnorm]
+    [→ relu] (`post_norm`), evaluated chunk by chunk.
     x: (N, C, H, W) -> (N, O, OH', OW') as a view of channels-last memory (OH', OW' after the pool)."""
 
     conv: Conv2D
     norm: BatchNorm | None = None
     relu: ReLU | None = None
     pool: MaxPool2D | None = None
+    post_norm: BatchNorm | None = None   # a batchnorm right after the pool (then norm is None)
 
     @property
     def layers(self) -> list[Layer]:
+        if self.post_norm is not None:
+            return [layer for layer in (self.conv, self.pool, self.post_norm, self.relu) if layer is not None]
         return [layer for layer in (self.conv, self.norm, self.relu, self.pool) if layer is not None]
 
     def weights(self, dtype: np.dtype, pairs: bool = False) -> tuple[np.ndarray, bool]:
@@ -57,11 +64,9 @@ class ConvStage:
         o, c, kh, kw = w.shape
         bias = self.conv.params["b"].astype(np.float64) if self.conv.bias else np.zeros(o)
         if self.norm is not None:
-            gamma, beta = (self.norm.params[k].astype(np.float64) for k in ("gamma", "beta"))
-            mean, var = (self.norm.buffers[k].astype(np.float64) for k in ("running_mean", "running_var"))
-            scale = gamma / np.sqrt(var + self.norm.eps)
+            scale, shift = self.norm.eval_affine()
             w = w * scale[:, None, None, None]
-            bias = bias * scale + (beta - mean * scale)
+            bias = bias * scale + shift
         has_bias = self.conv.bias or self.norm is not None
         wf = w.transpose(2, 3, 1, 0)   # (kh, kw, C, O)
         if pairs:
@@ -83,6 +88,8 @@ class ConvStage:
         o = conv.out_channels
         pairs = not conv._planar and (sh, sw) == (1, 1) and o <= PAIRS_MAX_OUT and ow % 2 == 0
         wm, has_bias = self.weights(np.result_type(x, conv.params["W"]), pairs)
+        if self.post_norm is not None:   # y·k + c per channel, on the pooled values
+            k_post, c_post = (v.astype(wm.dtype) for v in self.post_norm.eval_affine())
         qh, qw = self.pool.kernel_size if self.pool is not None else (1, 1)
         y = np.empty((n, oh // qh, ow // qw, o), dtype=wm.dtype)
         m = oh * ow
@@ -110,6 +117,9 @@ class ConvStage:
             if self.pool is not None:
                 tiled_max(out.reshape(k, oh, ow, o), self.pool.kernel_size, ys,
                           scratch.buffer("eval_rows", slot, (k, oh // qh, (ow // qw) * qw * o), y.dtype))
+            if self.post_norm is not None:
+                ys *= k_post
+                ys += c_post
             if self.relu is not None:
                 np.maximum(ys, 0, out=ys)
 
@@ -181,8 +191,9 @@ def _tiles(pool: MaxPool2D, shape: tuple[int, ...]) -> bool:
 
 def compile_chain(layers: Sequence[Layer]) -> list[Stage]:
     """The stages of a chain's evaluation forward: each conv2d with the batchnorm, relu and tiling
-    maxpool2d directly after it (each optional, in that order, or the pool before the relu) fused into a
-    ConvStage; every other layer on its own. Needs built layers (their input shapes)."""
+    maxpool2d directly after it (each optional, in that order, or the pool before the relu, or the pool
+    before the batchnorm and relu) fused into a ConvStage; every other layer on its own. Needs built
+    layers (their input shapes)."""
     stages: list[Stage] = []
     i = 0
     while i < len(layers):
@@ -196,12 +207,15 @@ def compile_chain(layers: Sequence[Layer]) -> list[Stage]:
         j = i + 1
         if j < len(layers) and type(layers[j]) is BatchNorm:
             stage.norm, j = layers[j], j + 1
-        for _ in range(2):   # relu and pool, in either order
+        for _ in range(3):   # relu and pool in either order; a batchnorm straight after a first pool
             nxt = layers[j] if j < len(layers) else None
             if type(nxt) is ReLU and stage.relu is None:
                 stage.relu, j = nxt, j + 1
             elif type(nxt) is MaxPool2D and stage.pool is None and _tiles(nxt, shape):
                 stage.pool, j = nxt, j + 1
+            elif (type(nxt) is BatchNorm and stage.norm is None and stage.relu is None
+                  and stage.pool is not None and stage.post_norm is None):
+                stage.post_norm, j = nxt, j + 1
         stages.append(stage)
         i = j
     return stages

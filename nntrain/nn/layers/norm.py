@@ -153,6 +153,13 @@ class BatchNorm(Layer):
         self._saved = (x, walk, mean, invstd, train)
         return y
 
+    def eval_affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """(k, c), float64 (C,): the evaluation forward as y = x·k + c per feature, from the running
+        statistics, k = γ/√(σ²+eps), c = β − μ·k (what a fused conv folds into its weights)."""
+        mean, var = (self.buffers[k].astype(np.float64) for k in ("running_mean", "running_var"))
+        k = self.params["gamma"].astype(np.float64) / np.sqrt(var + self.eps)
+        return k, self.params["beta"].astype(np.float64) - mean * k
+
     def _centred(self, xw: np.ndarray, mu_t: np.ndarray, lo: int, hi: int, slot: int) -> np.ndarray:
         """x - μ for elements lo:hi of a `whole` view, in thread slot `slot`'s scratch chunk."""
         t = self.scratch.buffer("batchnorm", slot, (hi - lo,), xw.dtype)
