@@ -24,9 +24,10 @@ from bench.datasets import load, normalize
 from bench.workloads import WORKLOADS
 
 
-def conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
-    """conv3x3(padding 1, no bias)-BN-ReLU."""
-    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+def conv_bn_relu(cin: int, cout: int, pool: bool = False) -> list[nn.Module]:
+    """conv3x3(padding 1, no bias)-BN-ReLU, or conv3x3-maxpool2-BN-ReLU with `pool`."""
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), *([nn.MaxPool2d(2)] if pool else []),
+            nn.BatchNorm2d(cout), nn.ReLU()]
 
 
 class Residual(nn.Module):
@@ -43,10 +44,11 @@ class Residual(nn.Module):
 
 def cifar_resnet() -> nn.Module:
     """ResNet-9 at half width, as bench/configs/cifar-resnet.yaml: conv(32), conv(64)-pool, res(64),
-    conv(128)-pool, conv(256)-pool, res(256), global max pool, BN, fc10."""
+    conv(128)-pool, conv(256)-pool, res(256), global max pool, BN, fc10 (each pool straight after its
+    conv, before the BN-ReLU)."""
     return nn.Sequential(
-        *conv_bn_relu(3, 32), *conv_bn_relu(32, 64), nn.MaxPool2d(2), Residual(64),
-        *conv_bn_relu(64, 128), nn.MaxPool2d(2), *conv_bn_relu(128, 256), nn.MaxPool2d(2), Residual(256),
+        *conv_bn_relu(3, 32), *conv_bn_relu(32, 64, pool=True), Residual(64),
+        *conv_bn_relu(64, 128, pool=True), *conv_bn_relu(128, 256, pool=True), Residual(256),
         nn.MaxPool2d(4), nn.Flatten(), nn.BatchNorm1d(256), nn.Linear(256, 10))
 
 
