@@ -134,7 +134,7 @@ class BatchNorm(Layer):
             rv *= 1 - mom
             rv += (mom * m / (m - 1) * var).astype(rv.dtype)
         else:
-            mean, var = (self.buffers[k].astype(np.float64) for k in ("running_mean", "running_var"))
+            mean, var = self._running_statistics()
             mu_t = walk.tile(mean, dt)
         invstd = 1 / np.sqrt(var + self.eps)                       # float64 (C,)
         k = self.params["gamma"].astype(np.float64) * invstd
@@ -156,9 +156,13 @@ class BatchNorm(Layer):
     def eval_affine(self) -> tuple[np.ndarray, np.ndarray]:
         """(k, c), float64 (C,): the evaluation forward as y = x·k + c per feature, from the running
         statistics, k = γ/√(σ²+eps), c = β − μ·k (what a fused conv folds into its weights)."""
-        mean, var = (self.buffers[k].astype(np.float64) for k in ("running_mean", "running_var"))
+        mean, var = self._running_statistics()
         k = self.params["gamma"].astype(np.float64) / np.sqrt(var + self.eps)
         return k, self.params["beta"].astype(np.float64) - mean * k
+
+    def _running_statistics(self) -> tuple[np.ndarray, np.ndarray]:
+        """(running μ, running σ²) per feature, in float64: what evaluation normalises with."""
+        return tuple(self.buffers[k].astype(np.float64) for k in ("running_mean", "running_var"))
 
     def _centred(self, xw: np.ndarray, mu_t: np.ndarray, lo: int, hi: int, slot: int) -> np.ndarray:
         """x - μ for elements lo:hi of a `whole` view, in thread slot `slot`'s scratch chunk."""
